@@ -1,0 +1,3 @@
+//! The Portcullis control plane.
+
+pub mod cli;

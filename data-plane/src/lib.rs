@@ -1,0 +1,1 @@
+//! The Portcullis data-plane node.
