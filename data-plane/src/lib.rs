@@ -1,1 +1,20 @@
 //! The Portcullis data-plane node.
+//!
+//! - [`config`]: command line and environment, validated in two steps.
+//! - [`discovery`]: the xDS-style client that receives snapshots from the control plane.
+//! - [`compiled`]: snapshots compiled for the request path, and the slot that swaps them.
+//! - [`store`]: the last good snapshot on disk, sealed with the node state key.
+//! - [`proxy`]: the MCP Streamable HTTP proxy pipeline and the health endpoints.
+//! - [`record`]: the structured record every proxied request produces.
+//! - [`node`]: startup, serving and graceful shutdown.
+
+pub mod compiled;
+pub mod config;
+pub mod discovery;
+pub mod node;
+pub mod proxy;
+pub mod record;
+pub mod store;
+pub mod telemetry;
+
+pub use proxy::{NodeState, router};

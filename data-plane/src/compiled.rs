@@ -1,0 +1,270 @@
+//! The runtime form of a snapshot: everything the request path needs, computed once when a
+//! snapshot arrives (header values, upstream URI parts, origin sets) instead of per request.
+//!
+//! [`SnapshotSlot`] holds the current one. Requests load an `Arc` at their start and keep it
+//! to the end, so a swap never changes the configuration under a request in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use portcullis_shared::config::{McpServer, OutboundHeader};
+use portcullis_shared::names::{HeaderPattern, ServerName};
+use portcullis_shared::secret::SecretValue;
+use portcullis_shared::snapshot::Snapshot;
+use portcullis_shared::validate::ValidationErrors;
+use url::Url;
+
+use crate::proxy::agent_auth::AgentAuthPlan;
+use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
+
+/// A snapshot compiled for the request path.
+#[derive(Debug)]
+pub struct CompiledSnapshot {
+    pub version: u64,
+    servers: HashMap<String, CompiledServer>,
+    /// The validated source, kept for the catalogs later steps need (identity providers,
+    /// OAuth apps, stored credentials).
+    pub source: Snapshot,
+}
+
+impl CompiledSnapshot {
+    /// Compiles every server, reporting every problem with its field path.
+    pub fn compile(source: Snapshot) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let mut servers = HashMap::with_capacity(source.servers.len());
+        for (name, server) in &source.servers {
+            match CompiledServer::compile(server) {
+                Ok(compiled) => {
+                    servers.insert(name.to_string(), compiled);
+                }
+                Err(nested) => errors.extend_prefixed(&format!("servers[{name}]"), nested),
+            }
+        }
+        errors.into_result(Self {
+            version: source.version,
+            servers,
+            source,
+        })
+    }
+
+    pub fn server(&self, name: &str) -> Option<&CompiledServer> {
+        self.servers.get(name)
+    }
+}
+
+/// One MCP server, ready for the request path.
+#[derive(Debug)]
+pub struct CompiledServer {
+    pub name: ServerName,
+    pub upstream: UpstreamTarget,
+    /// Exact origins (`scheme://host[:port]`, as the shared model normalises them).
+    pub allowed_origins: HashSet<String>,
+    pub agent_auth: AgentAuthPlan,
+    pub restricted_inbound_headers: Vec<HeaderPattern>,
+    pub app_auth: AppAuthPlan,
+    /// `AppAuth::kind_name`, for records and metrics.
+    pub app_auth_kind: &'static str,
+    /// Applied by the additional-outbound-headers step (not yet implemented).
+    pub outbound_headers: Vec<OutboundHeader<SecretValue>>,
+}
+
+impl CompiledServer {
+    pub fn compile(server: &McpServer<SecretValue>) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let upstream = UpstreamTarget::from_url(&server.upstream_url)
+            .map_err(|message| errors.push("upstream_url", message))
+            .ok();
+        let app_auth = AppAuthPlan::compile(&server.app_auth)
+            .map_err(|nested| errors.extend_prefixed("app_auth", nested))
+            .ok();
+        if !server.outbound_headers.is_empty() {
+            tracing::warn!(
+                server = %server.name,
+                count = server.outbound_headers.len(),
+                "additional outbound headers are not applied by this node version"
+            );
+        }
+        match (upstream, app_auth) {
+            (Some(upstream), Some(app_auth)) if errors.is_empty() => Ok(Self {
+                name: server.name.clone(),
+                upstream,
+                allowed_origins: server.allowed_origins.iter().cloned().collect(),
+                agent_auth: AgentAuthPlan::compile(&server.agent_auth.mode),
+                restricted_inbound_headers: server.agent_auth.restricted_inbound_headers.clone(),
+                app_auth,
+                app_auth_kind: server.app_auth.kind_name(),
+                outbound_headers: server.outbound_headers.clone(),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// The upstream URL split into the parts an outbound URI is built from.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    path: String,
+    query: Option<String>,
+}
+
+impl UpstreamTarget {
+    pub fn from_url(url: &Url) -> Result<Self, String> {
+        let scheme: Scheme = url
+            .scheme()
+            .parse()
+            .map_err(|_| "unsupported scheme".to_owned())?;
+        let host = url.host_str().ok_or("missing host")?;
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority: Authority = authority
+            .parse()
+            .map_err(|_| "host is not a valid URI authority".to_owned())?;
+        let path = url.path().to_owned();
+        let query = url.query().map(str::to_owned);
+        // Prove once that the parts form a URI, so building one per request cannot fail.
+        Self::build(&scheme, &authority, &path, query.as_deref())
+            .map_err(|_| "not a valid request URI".to_owned())?;
+        Ok(Self {
+            scheme,
+            authority,
+            path,
+            query,
+        })
+    }
+
+    /// The query the upstream URL itself carries, as a starting point for a request.
+    pub fn base_query(&self) -> UpstreamQuery {
+        UpstreamQuery::new(self.query.as_deref())
+    }
+
+    /// The absolute URI for one request with its final query.
+    pub fn uri(&self, query: &UpstreamQuery) -> Result<Uri, http::Error> {
+        Self::build(&self.scheme, &self.authority, &self.path, query.as_str())
+    }
+
+    fn build(
+        scheme: &Scheme,
+        authority: &Authority,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Uri, http::Error> {
+        let path_and_query: PathAndQuery = match query {
+            Some(query) => format!("{path}?{query}").parse()?,
+            None => path.parse()?,
+        };
+        Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}
+
+/// The current compiled snapshot, swapped atomically. Empty until the first snapshot is
+/// loaded from disk or received from the control plane.
+#[derive(Debug, Default)]
+pub struct SnapshotSlot {
+    current: ArcSwapOption<CompiledSnapshot>,
+}
+
+impl SnapshotSlot {
+    pub fn new(initial: Option<CompiledSnapshot>) -> Self {
+        Self {
+            current: ArcSwapOption::new(initial.map(Arc::new)),
+        }
+    }
+
+    pub fn load(&self) -> Option<Arc<CompiledSnapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, snapshot: CompiledSnapshot) {
+        self.current.store(Some(Arc::new(snapshot)));
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|snapshot| snapshot.version)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use portcullis_shared::config::{AgentAuth, AgentAuthMode, AppAuth, Transport};
+
+    pub(crate) fn domain_server(app_auth: AppAuth<SecretValue>) -> McpServer<SecretValue> {
+        McpServer {
+            name: ServerName::parse("demo").unwrap(),
+            upstream_url: Url::parse("http://127.0.0.1:9/mcp?tenant=a").unwrap(),
+            transport: Transport::StreamableHttp,
+            allowed_origins: Vec::new(),
+            description: String::new(),
+            agent_auth: AgentAuth {
+                mode: AgentAuthMode::Passthrough {
+                    jwt_validation: None,
+                },
+                restricted_inbound_headers: vec![HeaderPattern::parse("x-internal-*").unwrap()],
+            },
+            app_auth,
+            outbound_headers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn server_with_origins(origins: &[&str]) -> CompiledServer {
+        let mut server = domain_server(AppAuth::Passthrough);
+        server.allowed_origins = origins.iter().map(|origin| (*origin).to_owned()).collect();
+        CompiledServer::compile(&server).unwrap()
+    }
+
+    #[test]
+    fn upstream_uris_keep_path_and_merge_queries() {
+        let target = UpstreamTarget::from_url(
+            &Url::parse("https://api.example.com:8443/v1/mcp?x=1").unwrap(),
+        )
+        .unwrap();
+        let mut query = target.base_query();
+        query.extend_raw(Some("y=2"));
+        assert_eq!(
+            target.uri(&query).unwrap().to_string(),
+            "https://api.example.com:8443/v1/mcp?x=1&y=2"
+        );
+        let bare = UpstreamTarget::from_url(&Url::parse("http://[::1]/").unwrap()).unwrap();
+        assert_eq!(
+            bare.uri(&bare.base_query()).unwrap().to_string(),
+            "http://[::1]/"
+        );
+    }
+
+    #[test]
+    fn the_slot_swaps_whole_snapshots() {
+        let slot = SnapshotSlot::default();
+        assert_eq!(slot.version(), None);
+        let first = CompiledSnapshot::compile(Snapshot {
+            version: 1,
+            ..Snapshot::default()
+        })
+        .unwrap();
+        slot.store(first);
+        let held = slot.load().unwrap();
+        slot.store(
+            CompiledSnapshot::compile(Snapshot {
+                version: 2,
+                ..Snapshot::default()
+            })
+            .unwrap(),
+        );
+        // A request that loaded version 1 keeps it; new loads see version 2.
+        assert_eq!(held.version, 1);
+        assert_eq!(slot.version(), Some(2));
+    }
+}

@@ -1,0 +1,606 @@
+//! Node configuration in two steps: [`RawNodeConfig`] holds what the command line and the
+//! environment said, as unchecked strings; [`RawNodeConfig::validate`] turns it into a
+//! [`NodeConfig`] or reports every bad field at once. The environment is read through the
+//! [`Strings`] trait, so tests pass a map instead of mutating the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_shared::crypto::AeadKey;
+use portcullis_shared::names::check_header_value;
+use portcullis_shared::secret::SecretValue;
+use portcullis_shared::validate::ValidationErrors;
+use url::Url;
+
+/// The exit code for a configuration the node refuses to start with (sysexits `EX_USAGE`).
+pub const EXIT_CODE_BAD_CONFIG: i32 = 64;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_UPSTREAM_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 20;
+
+/// Environment variable names, one per setting. A flag wins over its variable.
+pub mod env {
+    pub const NODE_ID: &str = "PORTCULLIS_NODE_ID";
+    pub const LISTEN: &str = "PORTCULLIS_NODE_LISTEN";
+    pub const PUBLIC_URL: &str = "PORTCULLIS_NODE_PUBLIC_URL";
+    pub const CONTROL_PLANE: &str = "PORTCULLIS_CONTROL_PLANE";
+    pub const CONTROL_PLANE_CA_FILE: &str = "PORTCULLIS_CONTROL_PLANE_CA_FILE";
+    pub const NODE_TOKEN_FILE: &str = "PORTCULLIS_NODE_TOKEN_FILE";
+    /// The node token itself, for platforms that inject secrets as variables.
+    pub const NODE_TOKEN: &str = "PORTCULLIS_NODE_TOKEN";
+    pub const STATE_DIR: &str = "PORTCULLIS_NODE_STATE_DIR";
+    pub const STATE_KEY_FILE: &str = "PORTCULLIS_NODE_STATE_KEY_FILE";
+    /// The state key itself (base64 or hex of 32 bytes).
+    pub const STATE_KEY: &str = "PORTCULLIS_NODE_STATE_KEY";
+    pub const MAX_REQUEST_BODY_BYTES: &str = "PORTCULLIS_NODE_MAX_REQUEST_BODY_BYTES";
+    pub const UPSTREAM_CONNECT_TIMEOUT_MS: &str = "PORTCULLIS_NODE_UPSTREAM_CONNECT_TIMEOUT_MS";
+    pub const UPSTREAM_FIRST_BYTE_TIMEOUT_MS: &str =
+        "PORTCULLIS_NODE_UPSTREAM_FIRST_BYTE_TIMEOUT_MS";
+    pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_UPSTREAM_IDLE_TIMEOUT_SECS";
+    pub const DRAIN_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_DRAIN_TIMEOUT_SECS";
+    pub const LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
+}
+
+/// A source of named strings: the process environment, or a map in tests.
+pub trait Strings {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+/// The real process environment. Non-UTF-8 values are treated as absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Strings for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// What the command line said. Every field is optional and unchecked here; numbers stay
+/// strings so that one validation pass can report every bad value together.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "portcullis-node",
+    version,
+    about = "Portcullis data-plane node: an authentication gateway for MCP servers"
+)]
+pub struct RawNodeConfig {
+    /// A stable id for this node, reported to the control plane [env: PORTCULLIS_NODE_ID]
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Address to listen on for MCP traffic [default: 127.0.0.1:7400] [env: PORTCULLIS_NODE_LISTEN]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// The URL clients use to reach this node [default: http://<bound address>]
+    /// [env: PORTCULLIS_NODE_PUBLIC_URL]
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Control plane URL for configuration snapshots [env: PORTCULLIS_CONTROL_PLANE]
+    #[arg(long)]
+    pub control_plane: Option<String>,
+    /// PEM file with extra CA certificates for an https control plane
+    /// [env: PORTCULLIS_CONTROL_PLANE_CA_FILE]
+    #[arg(long)]
+    pub control_plane_ca_file: Option<PathBuf>,
+    /// File holding the node token [env: PORTCULLIS_NODE_TOKEN_FILE, or the token itself in
+    /// PORTCULLIS_NODE_TOKEN]
+    #[arg(long)]
+    pub node_token_file: Option<PathBuf>,
+    /// Directory for the encrypted last good snapshot [env: PORTCULLIS_NODE_STATE_DIR]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// File holding the 32-byte state key, base64 or hex [env: PORTCULLIS_NODE_STATE_KEY_FILE,
+    /// or the key itself in PORTCULLIS_NODE_STATE_KEY]
+    #[arg(long)]
+    pub state_key_file: Option<PathBuf>,
+    /// Largest request body the node buffers [default: 4194304]
+    /// [env: PORTCULLIS_NODE_MAX_REQUEST_BODY_BYTES]
+    #[arg(long)]
+    pub max_request_body_bytes: Option<String>,
+    /// Upstream TCP/TLS connect timeout [default: 5000]
+    /// [env: PORTCULLIS_NODE_UPSTREAM_CONNECT_TIMEOUT_MS]
+    #[arg(long)]
+    pub upstream_connect_timeout_ms: Option<String>,
+    /// Time allowed until the upstream sends response headers [default: 60000]
+    /// [env: PORTCULLIS_NODE_UPSTREAM_FIRST_BYTE_TIMEOUT_MS]
+    #[arg(long)]
+    pub upstream_first_byte_timeout_ms: Option<String>,
+    /// Longest silence inside a streamed upstream response [default: 300]
+    /// [env: PORTCULLIS_NODE_UPSTREAM_IDLE_TIMEOUT_SECS]
+    #[arg(long)]
+    pub upstream_idle_timeout_secs: Option<String>,
+    /// Time given to open requests after a shutdown signal [default: 20]
+    /// [env: PORTCULLIS_NODE_DRAIN_TIMEOUT_SECS]
+    #[arg(long)]
+    pub drain_timeout_secs: Option<String>,
+    /// Log format: text or json [default: text] [env: PORTCULLIS_LOG_FORMAT]
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// How log lines are written (always to stderr; stdout carries only the listening line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the node gets its configuration from.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub url: Url,
+    /// Extra trust anchors (PEM) for an https control plane.
+    pub ca_pem: Option<Vec<u8>>,
+    pub node_token: SecretValue,
+}
+
+/// Limits of the proxy path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyLimits {
+    pub max_request_body_bytes: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_first_byte_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            upstream_connect_timeout: Duration::from_millis(DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS),
+            upstream_first_byte_timeout: Duration::from_millis(
+                DEFAULT_UPSTREAM_FIRST_BYTE_TIMEOUT_MS,
+            ),
+            upstream_idle_timeout: Duration::from_secs(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    /// `None`: derived from the bound address once the listener is open.
+    pub public_url: Option<Url>,
+    pub control_plane: ControlPlaneConfig,
+    pub state_dir: PathBuf,
+    pub state_key: Arc<AeadKey>,
+    pub limits: ProxyLimits,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Node ids travel in logs, audit records and fleet status: keep them plain.
+fn check_node_id(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > 128 {
+        return Err("must be at most 128 characters".to_owned());
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err("use letters, digits, '-', '_' and '.'".to_owned());
+    }
+    Ok(())
+}
+
+fn parse_http_url(value: &str, allow_path: bool) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("scheme must be http or https".to_owned());
+    }
+    if url.host_str().is_none() {
+        return Err("missing host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a username or password".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment".to_owned());
+    }
+    if !allow_path && url.path() != "/" {
+        return Err("must not carry a path".to_owned());
+    }
+    Ok(url)
+}
+
+fn read_small_file(path: &Path) -> Result<String, String> {
+    const MAX_FILE_BYTES: u64 = 64 * 1024;
+    let metadata = std::fs::metadata(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_FILE_BYTES} bytes",
+            path.display()
+        ));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+}
+
+fn parse_number<T>(
+    errors: &mut ValidationErrors,
+    field: &str,
+    value: Option<String>,
+    default: T,
+    minimum: T,
+) -> T
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(value) = value else {
+        return default;
+    };
+    match value.trim().parse::<T>() {
+        Ok(number) if number >= minimum => number,
+        Ok(_) => {
+            errors.push(field, format!("must be at least {minimum}"));
+            default
+        }
+        Err(_) => {
+            errors.push(field, format!("not a whole number: {value:?}"));
+            default
+        }
+    }
+}
+
+impl RawNodeConfig {
+    /// Checks every field, filling unset ones from `env`, and reports every problem at once.
+    /// Reads the token, key and CA files it names.
+    pub fn validate(self, env: &impl Strings) -> Result<NodeConfig, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let pick = |flag: Option<String>, name: &str| flag.or_else(|| env.get(name));
+        let pick_path =
+            |flag: Option<PathBuf>, name: &str| flag.or_else(|| env.get(name).map(PathBuf::from));
+
+        let node_id = match pick(self.node_id, env::NODE_ID) {
+            Some(node_id) => {
+                if let Err(message) = check_node_id(&node_id) {
+                    errors.push("node_id", message);
+                }
+                node_id
+            }
+            None => {
+                errors.push("node_id", "required: --node-id or PORTCULLIS_NODE_ID");
+                String::new()
+            }
+        };
+
+        let listen_text =
+            pick(self.listen, env::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(listen) => Some(listen),
+            Err(_) => {
+                errors.push("listen", format!("not an ip:port address: {listen_text:?}"));
+                None
+            }
+        };
+
+        let public_url = pick(self.public_url, env::PUBLIC_URL).and_then(|value| {
+            parse_http_url(&value, true)
+                .map_err(|message| errors.push("public_url", message))
+                .ok()
+        });
+
+        let control_plane_url = match pick(self.control_plane, env::CONTROL_PLANE) {
+            Some(value) => parse_http_url(&value, false)
+                .map_err(|message| errors.push("control_plane", message))
+                .ok(),
+            None => {
+                errors.push(
+                    "control_plane",
+                    "required: --control-plane or PORTCULLIS_CONTROL_PLANE",
+                );
+                None
+            }
+        };
+
+        let ca_pem =
+            pick_path(self.control_plane_ca_file, env::CONTROL_PLANE_CA_FILE).and_then(|path| {
+                match std::fs::read(&path) {
+                    Ok(pem) => Some(pem),
+                    Err(error) => {
+                        errors.push(
+                            "control_plane_ca_file",
+                            format!("cannot read {}: {error}", path.display()),
+                        );
+                        None
+                    }
+                }
+            });
+
+        let node_token_text = match pick_path(self.node_token_file, env::NODE_TOKEN_FILE) {
+            Some(path) => read_small_file(&path)
+                .map_err(|message| errors.push("node_token_file", message))
+                .ok(),
+            None => match env.get(env::NODE_TOKEN) {
+                Some(token) => Some(token),
+                None => {
+                    errors.push(
+                            "node_token",
+                            "required: --node-token-file, PORTCULLIS_NODE_TOKEN_FILE or PORTCULLIS_NODE_TOKEN",
+                        );
+                    None
+                }
+            },
+        };
+        let node_token = node_token_text.and_then(|text| {
+            let token = text.trim();
+            if token.is_empty() {
+                errors.push("node_token", "is empty");
+                None
+            } else if check_header_value(token).is_err() {
+                // The message names the rule, never the value.
+                errors.push("node_token", "contains bytes that cannot go in a header");
+                None
+            } else {
+                Some(SecretValue::new(token))
+            }
+        });
+
+        let state_dir = pick_path(self.state_dir, env::STATE_DIR);
+        if state_dir.is_none() {
+            errors.push(
+                "state_dir",
+                "required: --state-dir or PORTCULLIS_NODE_STATE_DIR",
+            );
+        }
+
+        let state_key_text = match pick_path(self.state_key_file, env::STATE_KEY_FILE) {
+            Some(path) => read_small_file(&path)
+                .map_err(|message| errors.push("state_key_file", message))
+                .ok(),
+            None => match env.get(env::STATE_KEY) {
+                Some(text) => Some(text),
+                None => {
+                    errors.push(
+                        "state_key",
+                        "required: --state-key-file, PORTCULLIS_NODE_STATE_KEY_FILE or PORTCULLIS_NODE_STATE_KEY",
+                    );
+                    None
+                }
+            },
+        };
+        let state_key = state_key_text.and_then(|text| match AeadKey::from_text(&text) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(error) => {
+                errors.push("state_key", error.to_string());
+                None
+            }
+        });
+
+        let limits = ProxyLimits {
+            max_request_body_bytes: parse_number(
+                &mut errors,
+                "max_request_body_bytes",
+                pick(self.max_request_body_bytes, env::MAX_REQUEST_BODY_BYTES),
+                DEFAULT_MAX_REQUEST_BODY_BYTES,
+                1,
+            ),
+            upstream_connect_timeout: Duration::from_millis(parse_number(
+                &mut errors,
+                "upstream_connect_timeout_ms",
+                pick(
+                    self.upstream_connect_timeout_ms,
+                    env::UPSTREAM_CONNECT_TIMEOUT_MS,
+                ),
+                DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+                1,
+            )),
+            upstream_first_byte_timeout: Duration::from_millis(parse_number(
+                &mut errors,
+                "upstream_first_byte_timeout_ms",
+                pick(
+                    self.upstream_first_byte_timeout_ms,
+                    env::UPSTREAM_FIRST_BYTE_TIMEOUT_MS,
+                ),
+                DEFAULT_UPSTREAM_FIRST_BYTE_TIMEOUT_MS,
+                1,
+            )),
+            upstream_idle_timeout: Duration::from_secs(parse_number(
+                &mut errors,
+                "upstream_idle_timeout_secs",
+                pick(
+                    self.upstream_idle_timeout_secs,
+                    env::UPSTREAM_IDLE_TIMEOUT_SECS,
+                ),
+                DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS,
+                1,
+            )),
+        };
+        let drain_timeout = Duration::from_secs(parse_number(
+            &mut errors,
+            "drain_timeout_secs",
+            pick(self.drain_timeout_secs, env::DRAIN_TIMEOUT_SECS),
+            DEFAULT_DRAIN_TIMEOUT_SECS,
+            0,
+        ));
+
+        let log_format = match pick(self.log_format, env::LOG_FORMAT).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                errors.push("log_format", format!("must be text or json, got {other:?}"));
+                LogFormat::Text
+            }
+        };
+
+        match (listen, control_plane_url, node_token, state_dir, state_key) {
+            (Some(listen), Some(url), Some(node_token), Some(state_dir), Some(state_key))
+                if errors.is_empty() =>
+            {
+                Ok(NodeConfig {
+                    node_id,
+                    listen,
+                    public_url,
+                    control_plane: ControlPlaneConfig {
+                        url,
+                        ca_pem,
+                        node_token,
+                    },
+                    state_dir,
+                    state_key,
+                    limits,
+                    drain_timeout,
+                    log_format,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_BASE64: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    fn complete_env() -> HashMap<String, String> {
+        env(&[
+            (env::NODE_ID, "node-1"),
+            (env::CONTROL_PLANE, "http://127.0.0.1:7300"),
+            (env::NODE_TOKEN, "token-abc\n"),
+            (env::STATE_DIR, "/var/lib/portcullis"),
+            (env::STATE_KEY, KEY_BASE64),
+        ])
+    }
+
+    #[test]
+    fn environment_fills_every_field_and_defaults_apply() {
+        let config = RawNodeConfig::default().validate(&complete_env()).unwrap();
+        assert_eq!(config.node_id, "node-1");
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.public_url, None);
+        assert_eq!(config.control_plane.node_token.expose(), "token-abc");
+        assert_eq!(config.limits, ProxyLimits::default());
+        assert_eq!(
+            config.drain_timeout,
+            Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS)
+        );
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let raw = RawNodeConfig {
+            node_id: Some("from-flag".to_owned()),
+            listen: Some("127.0.0.1:0".to_owned()),
+            max_request_body_bytes: Some("1024".to_owned()),
+            ..RawNodeConfig::default()
+        };
+        let config = raw.validate(&complete_env()).unwrap();
+        assert_eq!(config.node_id, "from-flag");
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.limits.max_request_body_bytes, 1024);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let raw = RawNodeConfig {
+            node_id: Some("bad id".to_owned()),
+            listen: Some("nowhere".to_owned()),
+            public_url: Some("ftp://x".to_owned()),
+            control_plane: Some("http://cp:1/path".to_owned()),
+            max_request_body_bytes: Some("lots".to_owned()),
+            drain_timeout_secs: Some("-1".to_owned()),
+            ..RawNodeConfig::default()
+        };
+        let errors = raw.validate(&HashMap::new()).unwrap_err();
+        let fields: Vec<&str> = errors
+            .violations
+            .iter()
+            .map(|violation| violation.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "node_id",
+                "listen",
+                "public_url",
+                "control_plane",
+                "node_token",
+                "state_dir",
+                "state_key",
+                "max_request_body_bytes",
+                "drain_timeout_secs"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_or_bad_state_key_is_an_error_that_does_not_echo_the_key() {
+        let mut without_key = complete_env();
+        without_key.remove(env::STATE_KEY);
+        let errors = RawNodeConfig::default().validate(&without_key).unwrap_err();
+        assert_eq!(errors.violations[0].field, "state_key");
+
+        let mut short_key = complete_env();
+        short_key.insert(env::STATE_KEY.to_owned(), "c2VjcmV0LWtleQ==".to_owned());
+        let errors = RawNodeConfig::default().validate(&short_key).unwrap_err();
+        assert_eq!(errors.violations[0].field, "state_key");
+        assert!(!errors.to_string().contains("c2VjcmV0LWtleQ"));
+    }
+
+    #[test]
+    fn key_and_token_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("state.key");
+        let token_path = dir.path().join("node.token");
+        std::fs::write(&key_path, format!("{}\n", hex_key())).unwrap();
+        std::fs::write(&token_path, "file-token\n").unwrap();
+        let mut environment = complete_env();
+        environment.remove(env::STATE_KEY);
+        let raw = RawNodeConfig {
+            state_key_file: Some(key_path),
+            node_token_file: Some(token_path),
+            ..RawNodeConfig::default()
+        };
+        let config = raw.validate(&environment).unwrap();
+        assert_eq!(config.control_plane.node_token.expose(), "file-token");
+
+        let raw = RawNodeConfig {
+            state_key_file: Some(dir.path().join("missing.key")),
+            ..RawNodeConfig::default()
+        };
+        let errors = raw.validate(&environment).unwrap_err();
+        assert_eq!(errors.violations[0].field, "state_key_file");
+    }
+
+    fn hex_key() -> String {
+        "2a".repeat(32)
+    }
+
+    #[test]
+    fn a_token_with_a_newline_inside_is_refused() {
+        let mut environment = complete_env();
+        environment.insert(env::NODE_TOKEN.to_owned(), "a\r\nx-evil: 1".to_owned());
+        let errors = RawNodeConfig::default().validate(&environment).unwrap_err();
+        assert_eq!(errors.violations[0].field, "node_token");
+        assert!(!errors.to_string().contains("x-evil"));
+    }
+}

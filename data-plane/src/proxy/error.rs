@@ -1,0 +1,249 @@
+//! Why a proxied request failed, and the JSON-RPC shaped error the client gets for it.
+//!
+//! Clients see a generic message and a stable code (`data.code`); the cause (an upstream
+//! connection error, a parse position) goes to the log and the request record.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::CONTENT_TYPE;
+use portcullis_shared::error::ErrorCode;
+use serde_json::{Value, json};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// JSON-RPC 2.0 "Parse error".
+pub const JSONRPC_PARSE_ERROR: i64 = -32700;
+/// JSON-RPC 2.0 "Invalid Request".
+pub const JSONRPC_INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC 2.0 "Internal error".
+pub const JSONRPC_INTERNAL_ERROR: i64 = -32603;
+/// The implementation-defined server error range starts here; the gateway's own refusals
+/// use it, and `data.code` says which one.
+pub const JSONRPC_GATEWAY_ERROR: i64 = -32000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("node has no configuration yet")]
+    NotReady,
+    #[error("unknown MCP server")]
+    UnknownServer,
+    #[error("request has no Host header")]
+    MissingHost,
+    #[error("host {0:?} is not served by this node")]
+    HostNotAllowed(String),
+    #[error("origin {0:?} is not allowed for this server")]
+    OriginNotAllowed(String),
+    #[error("agent authentication mode {0} is not supported by this node version")]
+    AgentAuthNotSupported(&'static str),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("could not read the request body")]
+    BodyRead(#[source] BoxError),
+    #[error("request body is not valid JSON: {0}")]
+    JsonParse(String),
+    #[error("not a valid JSON-RPC message: {0}")]
+    InvalidJsonRpc(&'static str),
+    #[error("app authentication {0} is not supported by this node version")]
+    AppAuthNotSupported(&'static str),
+    #[error("upstream unreachable")]
+    UpstreamUnreachable(#[source] BoxError),
+    #[error("upstream did not send response headers within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("upstream request failed")]
+    UpstreamFailed(#[source] BoxError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The stable code, as the error body and the request record carry it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProxyError::NotReady => ErrorCode::Unavailable,
+            ProxyError::UnknownServer => ErrorCode::NotFound,
+            ProxyError::MissingHost
+            | ProxyError::HostNotAllowed(_)
+            | ProxyError::OriginNotAllowed(_) => ErrorCode::PermissionDenied,
+            ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
+                ErrorCode::FailedPrecondition
+            }
+            ProxyError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ProxyError::BodyRead(_) | ProxyError::JsonParse(_) | ProxyError::InvalidJsonRpc(_) => {
+                ErrorCode::InvalidArgument
+            }
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamFailed(_) => {
+                ErrorCode::Unavailable
+            }
+            ProxyError::UpstreamTimeout(_) => ErrorCode::UpstreamTimeout,
+            ProxyError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status: the code's status, with two deliberate exceptions that `ErrorCode`
+    /// has no variant for yet.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            // A node without any snapshot is not ready: 503 tells load balancers to retry
+            // elsewhere, which 502 would not.
+            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            // The configuration is valid; this build cannot serve it yet.
+            ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
+            ProxyError::UnknownServer
+            | ProxyError::MissingHost
+            | ProxyError::HostNotAllowed(_)
+            | ProxyError::OriginNotAllowed(_)
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::JsonParse(_)
+            | ProxyError::InvalidJsonRpc(_)
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::Internal(_) => self.code().http_status(),
+        }
+    }
+
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            ProxyError::JsonParse(_) => JSONRPC_PARSE_ERROR,
+            ProxyError::InvalidJsonRpc(_) => JSONRPC_INVALID_REQUEST,
+            ProxyError::Internal(_) => JSONRPC_INTERNAL_ERROR,
+            ProxyError::NotReady
+            | ProxyError::UnknownServer
+            | ProxyError::MissingHost
+            | ProxyError::HostNotAllowed(_)
+            | ProxyError::OriginNotAllowed(_)
+            | ProxyError::AgentAuthNotSupported(_)
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::AppAuthNotSupported(_)
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamFailed(_) => JSONRPC_GATEWAY_ERROR,
+        }
+    }
+
+    /// What the client may read. Inputs the client sent (a host, an origin) are not echoed,
+    /// and nothing about upstream addresses or internal causes is.
+    pub fn public_message(&self) -> String {
+        match self {
+            ProxyError::HostNotAllowed(_) | ProxyError::MissingHost => {
+                "host not allowed".to_owned()
+            }
+            ProxyError::OriginNotAllowed(_) => "origin not allowed".to_owned(),
+            ProxyError::UpstreamTimeout(_) => "upstream did not respond in time".to_owned(),
+            ProxyError::Internal(_) => "internal error".to_owned(),
+            ProxyError::NotReady
+            | ProxyError::UnknownServer
+            | ProxyError::AgentAuthNotSupported(_)
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::JsonParse(_)
+            | ProxyError::InvalidJsonRpc(_)
+            | ProxyError::AppAuthNotSupported(_)
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamFailed(_) => self.to_string(),
+        }
+    }
+
+    /// The JSON-RPC error response. `id` is the request's id when the body was read and held
+    /// exactly one request, else null.
+    pub fn into_response_with_id(self, id: Value) -> Response {
+        jsonrpc_error_response(
+            self.http_status(),
+            id,
+            self.jsonrpc_code(),
+            &self.public_message(),
+            self.code(),
+        )
+    }
+}
+
+/// A JSON-RPC 2.0 error body with the stable code in `data.code`.
+pub fn jsonrpc_error_response(
+    status: StatusCode,
+    id: Value,
+    jsonrpc_code: i64,
+    message: &str,
+    code: ErrorCode,
+) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": jsonrpc_code,
+            "message": message,
+            "data": { "code": code.as_str() },
+        },
+    });
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_are_json_rpc_shaped_with_a_stable_code() {
+        let response = ProxyError::PayloadTooLarge { limit: 10 }.into_response_with_id(json!(7));
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "jsonrpc": "2.0",
+                "id": 7,
+                "error": {
+                    "code": JSONRPC_GATEWAY_ERROR,
+                    "message": "request body exceeds the limit of 10 bytes",
+                    "data": { "code": "payload_too_large" },
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn public_messages_do_not_leak_causes_or_echo_inputs() {
+        let cause: BoxError = "connect to 10.1.2.3:8080 refused".into();
+        let error = ProxyError::UpstreamUnreachable(cause);
+        assert_eq!(error.public_message(), "upstream unreachable");
+        assert_eq!(error.http_status(), StatusCode::BAD_GATEWAY);
+        let error = ProxyError::HostNotAllowed("evil.example".to_owned());
+        assert!(!error.public_message().contains("evil"));
+        assert_eq!(error.http_status(), StatusCode::FORBIDDEN);
+        let error = ProxyError::Internal("slot poisoned at 0x1234".to_owned());
+        assert_eq!(error.public_message(), "internal error");
+    }
+
+    #[test]
+    fn unsupported_modes_are_501_and_not_ready_is_503() {
+        assert_eq!(
+            ProxyError::AgentAuthNotSupported("interactive").http_status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert_eq!(
+            ProxyError::AppAuthNotSupported("client_credentials").http_status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert_eq!(
+            ProxyError::NotReady.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ProxyError::UpstreamTimeout(Duration::from_secs(1)).http_status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

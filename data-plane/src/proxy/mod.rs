@@ -1,0 +1,332 @@
+//! The MCP Streamable HTTP proxy at `/mcp/{server}`, and the health endpoints.
+//!
+//! Every request runs the same pipeline of named steps, in [`forward`]; each step says why
+//! it sits where it does. Anything a step refuses becomes a JSON-RPC shaped error, and
+//! every request, refused or forwarded, ends in exactly one [`RequestRecord`].
+//!
+//! [`RequestRecord`]: crate::record::RequestRecord
+
+pub mod agent_auth;
+pub mod app_auth;
+pub mod error;
+pub mod firewall;
+pub mod host_origin;
+pub mod jsonrpc;
+pub mod outbound_headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{HeaderMap, Method, StatusCode, Version};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tracing::Instrument;
+use url::Url;
+
+use crate::compiled::{CompiledSnapshot, SnapshotSlot};
+use crate::config::ProxyLimits;
+use crate::proxy::app_auth::AppAuthPlan;
+use crate::proxy::error::ProxyError;
+use crate::proxy::host_origin::HostPolicy;
+use crate::proxy::upstream::{StreamedBody, UpstreamClient};
+use crate::record::{Outcome, RecordBuilder, RecordSink};
+
+/// Everything the request path shares: the current snapshot, the upstream client, limits,
+/// and where records go.
+pub struct NodeState {
+    pub node_id: Arc<str>,
+    pub snapshots: Arc<SnapshotSlot>,
+    pub hosts: HostPolicy,
+    pub upstream: UpstreamClient,
+    pub limits: ProxyLimits,
+    pub records: Arc<dyn RecordSink>,
+}
+
+impl NodeState {
+    pub fn new(
+        node_id: &str,
+        public_url: &Url,
+        listen: SocketAddr,
+        snapshots: Arc<SnapshotSlot>,
+        limits: ProxyLimits,
+        records: Arc<dyn RecordSink>,
+    ) -> Self {
+        Self {
+            node_id: Arc::from(node_id),
+            snapshots,
+            hosts: HostPolicy::new(public_url, listen),
+            upstream: UpstreamClient::new(&limits),
+            limits,
+            records,
+        }
+    }
+}
+
+/// The node's HTTP surface. No layer here buffers or compresses responses: SSE must pass
+/// through frame by frame.
+pub fn router(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        // Streamable HTTP uses POST (messages), GET (server stream) and DELETE (end of
+        // session); other methods get 405 from the router.
+        .route("/mcp/{server}", get(proxy).post(proxy).delete(proxy))
+        .with_state(state)
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> Response {
+    Json(json!({ "status": "live" })).into_response()
+}
+
+/// Readiness: a snapshot is loaded (from disk or from the control plane).
+async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
+    match node.snapshots.version() {
+        Some(version) => {
+            Json(json!({ "status": "ready", "snapshot_version": version })).into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn proxy(
+    State(node): State<Arc<NodeState>>,
+    Path(server): Path<String>,
+    request: Request,
+) -> Response {
+    // The snapshot is loaded once: the whole request sees one configuration, even if a
+    // new snapshot is swapped in meanwhile.
+    let snapshot = node.snapshots.load();
+    let record = RecordBuilder::start(
+        node.records.clone(),
+        node.node_id.clone(),
+        snapshot.as_ref().map(|snapshot| snapshot.version),
+        &server,
+        request.method(),
+    );
+    let span = tracing::info_span!(
+        "mcp_request",
+        request_id = %record.request_id(),
+        server = %server,
+    );
+    handle(node, snapshot, server, request, record)
+        .instrument(span)
+        .await
+}
+
+async fn handle(
+    node: Arc<NodeState>,
+    snapshot: Option<Arc<CompiledSnapshot>>,
+    server: String,
+    request: Request,
+    mut record: RecordBuilder,
+) -> Response {
+    let mut error_id = Value::Null;
+    match forward(
+        &node,
+        snapshot.as_deref(),
+        &server,
+        request,
+        &mut record,
+        &mut error_id,
+    )
+    .await
+    {
+        Ok(forwarded) => stream_back(&node, forwarded, record),
+        Err(error) => reject(error, error_id, record),
+    }
+}
+
+/// An upstream response head, ready to stream back.
+struct Forwarded {
+    response: http::Response<Incoming>,
+    caller_credential_went_upstream: bool,
+}
+
+/// The request pipeline. Steps run in this order; each comment says why there.
+async fn forward(
+    node: &NodeState,
+    snapshot: Option<&CompiledSnapshot>,
+    server_name: &str,
+    request: Request,
+    record: &mut RecordBuilder,
+    error_id: &mut Value,
+) -> Result<Forwarded, ProxyError> {
+    // 1. Route. First, because every later step depends on the server's configuration,
+    //    and an unknown server must cost nothing more than a lookup.
+    let snapshot = snapshot.ok_or(ProxyError::NotReady)?;
+    let server = snapshot
+        .server(server_name)
+        .ok_or(ProxyError::UnknownServer)?;
+    record.fields().app_auth_kind = Some(server.app_auth_kind);
+    let (parts, body) = request.into_parts();
+
+    // 2. Host/Origin check (DNS rebinding). Before authentication, because a rebound
+    //    browser request may carry ambient credentials that must not even be looked at,
+    //    and before anything reaches the upstream, whose own Host check we defeat by
+    //    rewriting Host.
+    node.hosts.check(server, &parts)?;
+
+    // 3. Agent authentication: who is calling. Before the body is read, so an
+    //    unauthenticated caller cannot make the node buffer megabytes.
+    let caller = server.agent_auth.authenticate(&parts.headers).await?;
+    record.fields().caller = caller.record_name().to_owned();
+    record.fields().caller_presented_credential = caller.presented_credential;
+
+    // 3b. Read and inspect the body (POST only). After authentication (see above); before
+    //    the upstream call, because the body is bounded here (413) and malformed JSON-RPC
+    //    is refused here (400) rather than by every upstream differently. The id found here
+    //    is what later error responses echo.
+    let body = read_body(&parts, body, node.limits.max_request_body_bytes).await?;
+    if parts.method == Method::POST {
+        let summary = jsonrpc::inspect(&body)?;
+        *error_id = summary.error_id();
+        record.fields().jsonrpc_methods = summary.methods();
+        record.fields().tool_names = summary.tool_names();
+    }
+
+    // 4. Inbound header firewall. After agent authentication (which needed the caller's
+    //    credentials) and before app authentication (so nothing the caller sent can
+    //    overwrite or double the upstream credential).
+    let mut headers = firewall::filter_inbound(&parts.headers, &server.restricted_inbound_headers);
+
+    // 5. App authentication: the credential towards the app. After the firewall, so it is
+    //    the only source of credential headers; it reads the caller's original headers only
+    //    in Passthrough mode.
+    let mut query = server.upstream.base_query();
+    query.extend_raw(parts.uri.query());
+    server
+        .app_auth
+        .apply(&parts.headers, &mut headers, &mut query)?;
+
+    // 6. Additional outbound headers (not implemented yet, see the module). After app
+    //    authentication: they come on top of it and may need the caller's identity.
+    outbound_headers::apply(server, &caller, &mut headers)?;
+
+    // 7. Stream to the upstream. Last, with everything decided; the response head is
+    //    awaited with a timeout, the body streams back untouched.
+    let uri = server
+        .upstream
+        .uri(&query)
+        .map_err(|error| ProxyError::Internal(format!("building the upstream URI: {error}")))?;
+    let mut upstream_request = http::Request::new(Full::new(body));
+    *upstream_request.method_mut() = parts.method;
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = headers;
+    // HTTP/1.1 on the wire unless TLS negotiated HTTP/2 with the upstream; the client
+    // upgrades the request itself in that case.
+    *upstream_request.version_mut() = Version::HTTP_11;
+    let response = node.upstream.send(upstream_request).await?;
+    Ok(Forwarded {
+        response,
+        caller_credential_went_upstream: matches!(
+            server.app_auth,
+            AppAuthPlan::PassthroughCallerAuthorization
+        ),
+    })
+}
+
+/// Reads a POST body up to `limit` bytes. GET and DELETE carry no body in Streamable HTTP;
+/// whatever a client sends with them is not forwarded.
+async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    if parts.method != Method::POST {
+        return Ok(Bytes::new());
+    }
+    if let Some(length) = content_length(&parts.headers)
+        && length > limit as u64
+    {
+        // Refused before reading a byte.
+        return Err(ProxyError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ProxyError::BodyRead(error)),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// 8. Stream back: the upstream's status and filtered headers now, the body as it comes;
+///    the record is finished when the body ends (see [`StreamedBody`]).
+fn stream_back(node: &NodeState, forwarded: Forwarded, mut record: RecordBuilder) -> Response {
+    let (parts, body) = forwarded.response.into_parts();
+    let headers =
+        firewall::filter_response(&parts.headers, forwarded.caller_credential_went_upstream);
+    let status = parts.status.as_u16();
+    record.fields().upstream_status = Some(status);
+    record.response_head(status, None);
+    let body = StreamedBody::new(body, node.upstream.idle_timeout(), record);
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A refusal or an upstream failure: logged with its cause, recorded, answered with a
+/// JSON-RPC error that carries only the public message.
+fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Response {
+    let outcome = match &error {
+        ProxyError::UpstreamUnreachable(_)
+        | ProxyError::UpstreamTimeout(_)
+        | ProxyError::UpstreamFailed(_) => {
+            tracing::warn!(error = %ErrorChain(&error), "upstream request failed");
+            Outcome::UpstreamFailed
+        }
+        ProxyError::Internal(_) => {
+            tracing::error!(error = %ErrorChain(&error), "request failed");
+            Outcome::Rejected
+        }
+        ProxyError::NotReady
+        | ProxyError::UnknownServer
+        | ProxyError::MissingHost
+        | ProxyError::HostNotAllowed(_)
+        | ProxyError::OriginNotAllowed(_)
+        | ProxyError::AgentAuthNotSupported(_)
+        | ProxyError::PayloadTooLarge { .. }
+        | ProxyError::BodyRead(_)
+        | ProxyError::JsonParse(_)
+        | ProxyError::InvalidJsonRpc(_)
+        | ProxyError::AppAuthNotSupported(_) => {
+            tracing::info!(error = %ErrorChain(&error), "request refused");
+            Outcome::Rejected
+        }
+    };
+    record.response_head(error.http_status().as_u16(), Some(error.code()));
+    record.finish(outcome);
+    error.into_response_with_id(error_id)
+}
+
+/// Displays an error with its sources, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
