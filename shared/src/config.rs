@@ -84,7 +84,10 @@ pub enum JwksSource {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AppAuth<S> {
     /// Each user connects their own account once; the gateway stores and refreshes tokens.
-    OAuthAuthorization { app_id: CatalogId, scopes: Vec<Scope> },
+    OAuthAuthorization {
+        app_id: CatalogId,
+        scopes: Vec<Scope>,
+    },
     /// A service account: one token for everyone, fetched with client credentials.
     ClientCredentials(ClientCredentials<S>),
     ApiKey {
@@ -92,8 +95,13 @@ pub enum AppAuth<S> {
         key_value: S,
         location: ApiKeyLocation,
     },
-    Bearer { token: S },
-    Basic { username: String, password: S },
+    Bearer {
+        token: S,
+    },
+    Basic {
+        username: String,
+        password: S,
+    },
     /// The caller's own Authorization header goes upstream exactly as sent. Risk: the
     /// upstream sees the caller's credential; only for upstreams that expect exactly that.
     Passthrough,
@@ -147,7 +155,9 @@ pub enum OutboundSource<S> {
         credential_id: CatalogId,
         scope: CredentialScope,
     },
-    CallerIdentity { claim: ClaimName },
+    CallerIdentity {
+        claim: ClaimName,
+    },
     Custom(CustomValue<S>),
 }
 
@@ -183,8 +193,10 @@ pub enum CredentialScope {
     PerUser,
 }
 
+/// Externally tagged (`{"static": "x"}`), because it sits inside the internally tagged
+/// `OutboundSource`, whose `type` key it must not collide with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum CustomValue<S> {
     Static(String),
     Secret(S),
@@ -431,7 +443,9 @@ impl<S> WithSecrets<S> for StoredCredential<S> {
             user_values: self
                 .user_values
                 .into_iter()
-                .map(|(user, secret)| Ok((user.clone(), f(format!("user_values[{user}]"), secret)?)))
+                .map(|(user, secret)| {
+                    Ok((user.clone(), f(format!("user_values[{user}]"), secret)?))
+                })
                 .collect::<Result<_, _>>()?,
         })
     }

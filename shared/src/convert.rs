@@ -47,7 +47,10 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
 fn text(errors: &mut ValidationErrors, field: &str, value: String) -> String {
     if value.len() > MAX_TEXT_LEN {
         errors.push(field, format!("must be at most {MAX_TEXT_LEN} bytes"));
-    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         errors.push(field, "contains a control character");
     }
     value
@@ -168,7 +171,10 @@ fn allowed_origin(errors: &mut ValidationErrors, field: &str, value: &str) -> Op
     // An origin has no path, query or credentials; "https://a.example/" is accepted as the
     // same origin, anything longer is a mistake worth reporting.
     if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
-        errors.push(field, "not an origin: remove the path, query and credentials");
+        errors.push(
+            field,
+            "not an origin: remove the path, query and credentials",
+        );
         return None;
     }
     Some(origin)
@@ -209,7 +215,10 @@ impl TryFrom<proto::McpServer> for McpServer<SecretInput> {
             }
             Ok(proto::Transport::LegacySse) => Transport::LegacySse,
             Err(_) => {
-                errors.push("transport", format!("unknown transport {}", server.transport));
+                errors.push(
+                    "transport",
+                    format!("unknown transport {}", server.transport),
+                );
                 Transport::StreamableHttp
             }
         };
@@ -256,7 +265,10 @@ impl TryFrom<proto::McpServer> for McpServer<SecretInput> {
             let field = if header.header_name.is_empty() {
                 format!("outbound_headers[{index}]")
             } else {
-                format!("outbound_headers[{}]", header.header_name.to_ascii_lowercase())
+                format!(
+                    "outbound_headers[{}]",
+                    header.header_name.to_ascii_lowercase()
+                )
             };
             match OutboundHeader::try_from(header) {
                 Ok(header) => {
@@ -273,7 +285,7 @@ impl TryFrom<proto::McpServer> for McpServer<SecretInput> {
             }
         }
         if let Some(app_auth) = &app_auth {
-            check_app_auth_header_conflicts(&mut errors, app_auth, &outbound_headers);
+            errors.extend_prefixed("", check_header_conflicts(app_auth, &outbound_headers));
         }
         match (name, upstream_url, agent_auth, app_auth) {
             (Some(name), Some(upstream_url), Some(agent_auth), Some(app_auth))
@@ -315,11 +327,12 @@ pub fn app_auth_header<S>(app_auth: &AppAuth<S>) -> Option<String> {
     }
 }
 
-fn check_app_auth_header_conflicts<S>(
-    errors: &mut ValidationErrors,
+/// An outbound header may not overwrite the header app authentication writes.
+pub fn check_header_conflicts<S>(
     app_auth: &AppAuth<S>,
     outbound_headers: &[OutboundHeader<S>],
-) {
+) -> ValidationErrors {
+    let mut errors = ValidationErrors::default();
     if let Some(app_header) = app_auth_header(app_auth) {
         for header in outbound_headers {
             if header.header_name.as_str() == app_header {
@@ -333,6 +346,7 @@ fn check_app_auth_header_conflicts<S>(
             }
         }
     }
+    errors
 }
 
 impl TryFrom<proto::AgentAuth> for AgentAuth {
@@ -411,10 +425,7 @@ fn jwt_validation(
             }
         },
         (false, false) => {
-            errors.push(
-                field,
-                "set exactly one of jwks_url and jwks_json, not both",
-            );
+            errors.push(field, "set exactly one of jwks_url and jwks_json, not both");
             None
         }
         (true, true) => {
@@ -545,8 +556,12 @@ impl TryFrom<proto::AppAuth> for AppAuth<SecretInput> {
                     errors.push("basic.username", "must not contain ':' (RFC 7617)");
                 }
                 let username = required_text(&mut errors, "basic.username", basic.username);
-                let password =
-                    secret_field(&mut errors, "basic.password", basic.password, SecretUse::Opaque);
+                let password = secret_field(
+                    &mut errors,
+                    "basic.password",
+                    basic.password,
+                    SecretUse::Opaque,
+                );
                 Some(AppAuth::Basic { username, password })
             }
             Some(Kind::Passthrough(_)) => Some(AppAuth::Passthrough),
@@ -673,9 +688,14 @@ impl TryFrom<proto::OutboundHeader> for OutboundHeader<SecretInput> {
                         }
                         Some(OutboundSource::Custom(CustomValue::Static(value)))
                     }
-                    Some(Value::Secret(secret)) => Some(OutboundSource::Custom(CustomValue::Secret(
-                        secret_field(&mut errors, "custom.secret", Some(secret), SecretUse::Header),
-                    ))),
+                    Some(Value::Secret(secret)) => {
+                        Some(OutboundSource::Custom(CustomValue::Secret(secret_field(
+                            &mut errors,
+                            "custom.secret",
+                            Some(secret),
+                            SecretUse::Header,
+                        ))))
+                    }
                     Some(Value::Template(template)) => {
                         collect(&mut errors, "custom.template", Template::parse(&template))
                             .map(|template| OutboundSource::Custom(CustomValue::Template(template)))
@@ -705,7 +725,12 @@ impl TryFrom<proto::OutboundHeader> for OutboundHeader<SecretInput> {
     }
 }
 
-fn claim_or_default(errors: &mut ValidationErrors, field: &str, value: &str, default: &str) -> ClaimName {
+fn claim_or_default(
+    errors: &mut ValidationErrors,
+    field: &str,
+    value: &str,
+    default: &str,
+) -> ClaimName {
     let value = if value.is_empty() { default } else { value };
     collect(errors, field, ClaimName::parse(value))
         .unwrap_or_else(|| ClaimName::parse(default).expect("default claims are valid"))
@@ -725,19 +750,29 @@ impl TryFrom<proto::IdentityProvider> for IdentityProvider<SecretInput> {
     fn try_from(idp: proto::IdentityProvider) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let id = catalog_id(&mut errors, "id", &idp.id);
-        let issuer = url_field(&mut errors, "issuer", &idp.issuer, UrlPolicy::CredentialEndpoint);
+        let issuer = url_field(
+            &mut errors,
+            "issuer",
+            &idp.issuer,
+            UrlPolicy::CredentialEndpoint,
+        );
         let client_id = required_text(&mut errors, "client_id", idp.client_id);
         let client_secret = optional_secret_field(&mut errors, "client_secret", idp.client_secret);
         let mut scope_values = idp.scopes;
         if scope_values.is_empty() {
             scope_values = vec!["openid".into(), "email".into(), "profile".into()];
         } else if !scope_values.iter().any(|scope| scope == "openid") {
-            errors.push("scopes", "must include \"openid\" (the login is OpenID Connect)");
+            errors.push(
+                "scopes",
+                "must include \"openid\" (the login is OpenID Connect)",
+            );
         }
         let scopes = scopes(&mut errors, "scopes", scope_values);
-        let user_id_claim = claim_or_default(&mut errors, "user_id_claim", &idp.user_id_claim, "sub");
+        let user_id_claim =
+            claim_or_default(&mut errors, "user_id_claim", &idp.user_id_claim, "sub");
         let email_claim = claim_or_default(&mut errors, "email_claim", &idp.email_claim, "email");
-        let groups_claim = claim_or_default(&mut errors, "groups_claim", &idp.groups_claim, "groups");
+        let groups_claim =
+            claim_or_default(&mut errors, "groups_claim", &idp.groups_claim, "groups");
         let display_name = text(&mut errors, "display_name", idp.display_name);
         match (id, issuer) {
             (Some(id), Some(issuer)) if errors.is_empty() => Ok(IdentityProvider {
@@ -796,7 +831,10 @@ impl TryFrom<proto::OAuthApp> for OAuthApp<SecretInput> {
             } else if RESERVED_AUTHORIZE_PARAMS.contains(&key.as_str()) {
                 errors.push(field, "is set by the gateway and cannot be overridden");
             } else if value.len() > MAX_TEXT_LEN || value.chars().any(char::is_control) {
-                errors.push(field, "value must be at most 1024 bytes without control characters");
+                errors.push(
+                    field,
+                    "value must be at most 1024 bytes without control characters",
+                );
             } else {
                 extra_authorize_params.insert(key, value);
             }
@@ -1030,7 +1068,11 @@ impl From<McpServer<proto::Secret>> for proto::McpServer {
             allowed_origins: server.allowed_origins,
             agent_auth: Some(server.agent_auth.into()),
             app_auth: Some(server.app_auth.into()),
-            outbound_headers: server.outbound_headers.into_iter().map(Into::into).collect(),
+            outbound_headers: server
+                .outbound_headers
+                .into_iter()
+                .map(Into::into)
+                .collect(),
             description: server.description,
         }
     }

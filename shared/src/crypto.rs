@@ -51,8 +51,10 @@ impl AeadKey {
         }
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CryptoError::Open)?;
         // A separate subkey for fingerprints, so a fingerprint never reuses the cipher key.
-        let fingerprint_key =
-            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"portcullis/fingerprint/v1");
+        let fingerprint_key = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            b"portcullis/fingerprint/v1",
+        );
         Ok(Self {
             key: LessSafeKey::new(unbound),
             hmac: hmac::Key::new(hmac::HMAC_SHA256, fingerprint_key.as_ref()),
@@ -154,7 +156,10 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert_eq!(key.open(b"secret-1", &tampered), Err(CryptoError::Open));
-        assert_eq!(key.open(b"secret-1", &sealed[..10]), Err(CryptoError::Truncated));
+        assert_eq!(
+            key.open(b"secret-1", &sealed[..10]),
+            Err(CryptoError::Truncated)
+        );
     }
 
     #[test]
@@ -181,8 +186,14 @@ mod tests {
     fn key_text_accepts_base64_and_hex() {
         let bytes = [42u8; 32];
         assert_eq!(decode_key_text(&encode_key_text(&bytes)).unwrap(), bytes);
-        assert_eq!(decode_key_text(&format!(" {}\n", hex::encode(bytes))).unwrap(), bytes);
+        assert_eq!(
+            decode_key_text(&format!(" {}\n", hex::encode(bytes))).unwrap(),
+            bytes
+        );
         assert!(AeadKey::from_text("c2hvcnQ=").is_err());
-        assert_eq!(decode_key_text("not base64 !!"), Err(CryptoError::KeyEncoding));
+        assert_eq!(
+            decode_key_text("not base64 !!"),
+            Err(CryptoError::KeyEncoding)
+        );
     }
 }

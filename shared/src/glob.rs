@@ -10,9 +10,7 @@ pub fn matches_ignore_ascii_case(pattern: &str, name: &str) -> bool {
     // Where the last '*' was seen in the pattern, and the name position it matched up to.
     let mut backtrack: Option<(usize, usize)> = None;
     while n < name.len() {
-        if p < pattern.len()
-            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&name[n]))
-        {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&name[n])) {
             p += 1;
             n += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {
@@ -60,7 +58,8 @@ mod tests {
         match (pattern.first(), name.first()) {
             (None, None) => true,
             (Some(b'*'), _) => {
-                reference(&pattern[1..], name) || (!name.is_empty() && reference(pattern, &name[1..]))
+                reference(&pattern[1..], name)
+                    || (!name.is_empty() && reference(pattern, &name[1..]))
             }
             (Some(b'?'), Some(_)) => reference(&pattern[1..], &name[1..]),
             (Some(p), Some(n)) if p.eq_ignore_ascii_case(n) => reference(&pattern[1..], &name[1..]),

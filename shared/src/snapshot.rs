@@ -42,7 +42,7 @@ pub fn check_server_references<S>(
     {
         errors.push(
             "agent_auth.interactive.identity_provider",
-            format!("no identity provider {identity_provider:?} in the catalog"),
+            format!("no identity provider \"{identity_provider}\" in the catalog"),
         );
     }
     if let AppAuth::OAuthAuthorization { app_id, .. } = &server.app_auth
@@ -50,7 +50,7 @@ pub fn check_server_references<S>(
     {
         errors.push(
             "app_auth.oauth_authorization.app_id",
-            format!("no OAuth app {app_id:?} in the catalog"),
+            format!("no OAuth app \"{app_id}\" in the catalog"),
         );
     }
     for header in &server.outbound_headers {
@@ -59,7 +59,7 @@ pub fn check_server_references<S>(
         {
             errors.push(
                 format!("{}.vault_credential.credential_id", header.path()),
-                format!("no stored credential {credential_id:?} in the vault"),
+                format!("no stored credential \"{credential_id}\" in the vault"),
             );
         }
     }
@@ -102,11 +102,13 @@ fn insert_all<P, In, K: Ord>(
         });
         match plaintext {
             Ok(entry) => {
-                let key = key_of(&entry);
-                if into.contains_key(&key) {
-                    errors.push(prefix, "duplicate entry");
-                } else {
-                    into.insert(key, entry);
+                match into.entry(key_of(&entry)) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        errors.push(prefix, "duplicate entry");
+                    }
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(entry);
+                    }
                 }
             }
             Err(()) => {
@@ -210,17 +212,30 @@ impl From<&Snapshot> for proto::Snapshot {
             servers: snapshot
                 .servers
                 .values()
-                .map(|server| server.clone().map_secrets(|s| secret_plaintext_proto(&s)).into())
+                .map(|server| {
+                    server
+                        .clone()
+                        .map_secrets(|s| secret_plaintext_proto(&s))
+                        .into()
+                })
                 .collect(),
             identity_providers: snapshot
                 .identity_providers
                 .values()
-                .map(|idp| idp.clone().map_secrets(|s| secret_plaintext_proto(&s)).into())
+                .map(|idp| {
+                    idp.clone()
+                        .map_secrets(|s| secret_plaintext_proto(&s))
+                        .into()
+                })
                 .collect(),
             oauth_apps: snapshot
                 .oauth_apps
                 .values()
-                .map(|app| app.clone().map_secrets(|s| secret_plaintext_proto(&s)).into())
+                .map(|app| {
+                    app.clone()
+                        .map_secrets(|s| secret_plaintext_proto(&s))
+                        .into()
+                })
                 .collect(),
             credentials: snapshot
                 .credentials

@@ -1,1 +1,179 @@
-fn main() {}
+//! The control-plane binary: parses flags, opens the data directory, serves gRPC.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis_control_plane::engine::EngineOptions;
+use portcullis_control_plane::secrets::{MasterKey, generate_master_key_file};
+use portcullis_control_plane::server::{ControlPlane, ControlPlaneConfig, shutdown_signal};
+
+/// Exit code for configuration errors (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis-control-plane",
+    version,
+    about = "Portcullis control plane"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of the event log and state snapshots (sled).
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "portcullis-data")]
+    data_dir: PathBuf,
+    /// Address of the gRPC listener (admin API, snapshot streams, health, reflection).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:7300")]
+    listen: String,
+    /// File holding the 32-byte master key (base64 or hex). Alternatively set
+    /// PORTCULLIS_MASTER_KEY to the key itself.
+    #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// YAML file listing admin, auditor and node tokens (as SHA-256 hashes).
+    #[arg(long, env = "PORTCULLIS_ACCESS_FILE", default_value = "access.yaml")]
+    access_file: PathBuf,
+    /// Write a state snapshot every this many events, so start-up replays only the tail.
+    #[arg(long, default_value_t = 10_000)]
+    state_snapshot_every: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Write a new random master key to a file (mode 0600); refuses to overwrite.
+    GenerateKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the SHA-256 of a token read from standard input, for the access file.
+    HashToken,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Tool::GenerateKey { out }) => match generate_master_key_file(&out) {
+            Ok(()) => {
+                println!("wrote a new master key to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: cannot write {}: {error}", out.display());
+                ExitCode::from(1)
+            }
+        },
+        Some(Tool::HashToken) => {
+            let mut token = String::new();
+            if let Err(error) = std::io::stdin().read_line(&mut token) {
+                eprintln!("error: cannot read the token: {error}");
+                return ExitCode::from(1);
+            }
+            println!(
+                "{}",
+                portcullis_shared::crypto::sha256_hex(
+                    token.trim_end_matches(['\r', '\n']).as_bytes()
+                )
+            );
+            ExitCode::SUCCESS
+        }
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if args.log_format != "text" && args.log_format != "json" {
+        eprintln!("error: --log-format must be text or json");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    init_logging(&args.log_format);
+    if args.state_snapshot_every == 0 {
+        eprintln!("error: --state-snapshot-every must be at least 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let env_key = std::env::var("PORTCULLIS_MASTER_KEY").ok();
+    let master_key = match MasterKey::load(args.master_key_file.as_deref(), env_key.as_deref()) {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = ControlPlaneConfig {
+        data_dir: args.data_dir,
+        access_file: args.access_file,
+        engine: EngineOptions {
+            state_snapshot_every: args.state_snapshot_every,
+            ..EngineOptions::default()
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let control_plane = match ControlPlane::open(&config, master_key) {
+            Ok(control_plane) => control_plane,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return if error.is_configuration_error() {
+                    ExitCode::from(EXIT_CONFIG)
+                } else {
+                    ExitCode::from(1)
+                };
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("error: cannot listen on {}: {error}", args.listen);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let address = listener
+            .local_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_else(|_| args.listen.clone());
+        tracing::info!(%address, "control plane listening");
+        // Tests and scripts wait for this exact line to know the port.
+        println!("portcullis-control-plane listening on {address}");
+        let _ = std::io::stdout().flush();
+        match control_plane.serve(listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -1,0 +1,179 @@
+//! Snapshot distribution to data-plane nodes, modelled on Envoy's xDS: the node says hello,
+//! the control plane pushes the current snapshot and every later one, and the node ACKs or
+//! NACKs each push by nonce. Fleet status records what each node applied.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use portcullis_proto::v1 as proto;
+use portcullis_proto::v1::config_discovery_server::ConfigDiscovery;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::access::{AccessList, Role, bearer_token};
+use crate::compile::CompiledSnapshot;
+use crate::fleet::Fleet;
+
+/// How long a node has to say hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pushes queued for one slow node before the stream waits for it.
+const PUSH_QUEUE: usize = 4;
+
+pub struct DiscoveryApi {
+    snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
+    access: Arc<AccessList>,
+    fleet: Arc<Fleet>,
+}
+
+impl DiscoveryApi {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
+        access: Arc<AccessList>,
+        fleet: Arc<Fleet>,
+    ) -> Self {
+        Self {
+            snapshots,
+            access,
+            fleet,
+        }
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotUpdate, Status>> + Send>>;
+
+fn update(snapshot: &CompiledSnapshot) -> proto::SnapshotUpdate {
+    proto::SnapshotUpdate {
+        version: snapshot.version,
+        nonce: uuid::Uuid::new_v4().to_string(),
+        snapshot: Some(snapshot.message.clone()),
+    }
+}
+
+/// Serves one node's stream until either side closes it.
+async fn serve_node(
+    mut inbound: Streaming<proto::NodeMessage>,
+    outbound: mpsc::Sender<Result<proto::SnapshotUpdate, Status>>,
+    mut snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
+    fleet: Arc<Fleet>,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(proto::NodeMessage {
+            message: Some(proto::node_message::Message::Hello(hello)),
+        }))) if !hello.node_id.is_empty() && hello.node_id.len() <= 256 => hello,
+        Ok(Ok(_)) => {
+            let _ = outbound
+                .send(Err(Status::invalid_argument(
+                    "the first message must be a hello with a node_id of at most 256 bytes",
+                )))
+                .await;
+            return;
+        }
+        Ok(Err(status)) => {
+            tracing::debug!(%status, "node stream failed before hello");
+            return;
+        }
+        Err(_) => {
+            let _ = outbound
+                .send(Err(Status::deadline_exceeded("no hello within 10 seconds")))
+                .await;
+            return;
+        }
+    };
+    let node_id = hello.node_id.clone();
+    let connection = fleet.connected(
+        &node_id,
+        &hello.address,
+        &hello.software_version,
+        hello.last_applied_version,
+    );
+    tracing::info!(
+        node = %node_id,
+        address = %hello.address,
+        last_applied_version = hello.last_applied_version,
+        "node connected"
+    );
+    // Always push the current snapshot first, so a node that reconnects is sure to hold it.
+    let mut pending_nonce = {
+        let current = snapshots.borrow_and_update().clone();
+        let push = update(&current);
+        let nonce = push.nonce.clone();
+        if outbound.send(Ok(push)).await.is_err() {
+            fleet.disconnected(&node_id, connection);
+            return;
+        }
+        nonce
+    };
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = snapshots.borrow_and_update().clone();
+                let push = update(&current);
+                pending_nonce = push.nonce.clone();
+                if outbound.send(Ok(push)).await.is_err() {
+                    break;
+                }
+            }
+            message = inbound.message() => {
+                match message {
+                    Ok(Some(proto::NodeMessage { message: Some(message) })) => match message {
+                        proto::node_message::Message::Ack(ack) => {
+                            if ack.nonce != pending_nonce {
+                                tracing::debug!(node = %node_id, version = ack.version, "ack for an older push");
+                            }
+                            fleet.acked(&node_id, ack.version);
+                            tracing::debug!(node = %node_id, version = ack.version, "node applied snapshot");
+                        }
+                        proto::node_message::Message::Nack(nack) => {
+                            tracing::warn!(node = %node_id, version = nack.version, error = %nack.error, "node rejected snapshot");
+                            fleet.nacked(&node_id, nack.version, &nack.error);
+                        }
+                        proto::node_message::Message::Hello(_) => {
+                            tracing::debug!(node = %node_id, "ignoring a second hello");
+                        }
+                    },
+                    Ok(Some(proto::NodeMessage { message: None })) => {}
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %node_id, %status, "node stream ended with an error");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    fleet.disconnected(&node_id, connection);
+    tracing::info!(node = %node_id, "node disconnected");
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for DiscoveryApi {
+    type StreamSnapshotsStream = UpdateStream;
+
+    async fn stream_snapshots(
+        &self,
+        request: Request<Streaming<proto::NodeMessage>>,
+    ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
+        let principal = bearer_token(request.metadata())
+            .and_then(|token| self.access.authenticate(token))
+            .ok_or_else(|| Status::unauthenticated("missing or invalid node token"))?;
+        if principal.role != Role::Node {
+            return Err(Status::permission_denied(
+                "only node tokens may stream snapshots",
+            ));
+        }
+        let (outbound, receiver) = mpsc::channel(PUSH_QUEUE);
+        tokio::spawn(serve_node(
+            request.into_inner(),
+            outbound,
+            self.snapshots.clone(),
+            self.fleet.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}

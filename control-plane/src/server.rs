@@ -1,0 +1,133 @@
+//! Wires the control plane together: engine, access list, fleet registry and the gRPC
+//! services (admin, discovery, health, reflection) on one listener.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use portcullis_proto::v1::admin_service_server::AdminServiceServer;
+use portcullis_proto::v1::config_discovery_server::ConfigDiscoveryServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::access::{AccessError, AccessList};
+use crate::admin::AdminApi;
+use crate::discovery::DiscoveryApi;
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::fleet::Fleet;
+use crate::secrets::{MasterKey, SecretError};
+
+/// Validated control-plane settings.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub data_dir: PathBuf,
+    pub access_file: PathBuf,
+    pub engine: EngineOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    MasterKey(SecretError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("cannot open data directory: {0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot serve: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("cannot build reflection service: {0}")]
+    Reflection(String),
+}
+
+impl StartError {
+    /// Configuration mistakes exit with 64 (EX_USAGE), so supervisors do not restart-loop.
+    pub fn is_configuration_error(&self) -> bool {
+        match self {
+            StartError::MasterKey(_) | StartError::Access(_) => true,
+            StartError::Engine(EngineError::Secret(SecretError::WrongMasterKey { .. })) => true,
+            StartError::Engine(_) | StartError::Serve(_) | StartError::Reflection(_) => false,
+        }
+    }
+}
+
+/// A running control plane's shared parts.
+pub struct ControlPlane {
+    pub engine: Arc<Engine>,
+    pub access: Arc<AccessList>,
+    pub fleet: Arc<Fleet>,
+}
+
+impl ControlPlane {
+    pub fn open(config: &ControlPlaneConfig, master_key: MasterKey) -> Result<Self, StartError> {
+        let access = Arc::new(AccessList::load(&config.access_file)?);
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|error| StartError::Engine(EngineError::Thread(error)))?;
+        let engine = Arc::new(Engine::open(
+            &config.data_dir,
+            master_key,
+            config.engine.clone(),
+        )?);
+        Ok(Self {
+            engine,
+            access,
+            fleet: Arc::new(Fleet::default()),
+        })
+    }
+
+    /// Serves every gRPC service on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        health_reporter
+            .set_serving::<ConfigDiscoveryServer<DiscoveryApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| StartError::Reflection(error.to_string()))?;
+        let admin = AdminApi::new(self.engine.clone(), self.access.clone(), self.fleet.clone());
+        let discovery = DiscoveryApi::new(
+            self.engine.subscribe_snapshots(),
+            self.access.clone(),
+            self.fleet.clone(),
+        );
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AdminServiceServer::new(admin))
+            .add_service(ConfigDiscoveryServer::new(discovery))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Resolves once the process is asked to stop (ctrl-c or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

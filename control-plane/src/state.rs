@@ -1,0 +1,272 @@
+//! The projection: current configuration state, derived from the event log by applying
+//! events in sequence order. Nothing else writes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use portcullis_shared::config::{
+    IdentityProvider, McpServer, OAuthApp, StoredCredential, WithSecrets,
+};
+use portcullis_shared::names::{CatalogId, ServerName};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::events::{AggregateKey, AggregateKind, Event, EventPayload};
+use crate::secrets::SealedSecret;
+
+pub type Server = McpServer<SealedSecret>;
+pub type Idp = IdentityProvider<SealedSecret>;
+pub type App = OAuthApp<SealedSecret>;
+pub type Credential = StoredCredential<SealedSecret>;
+
+/// The configuration at one revision. Values sit behind `Arc` so a new version of the
+/// state shares every aggregate the last batch of events did not touch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The sequence number of the last applied event (the global revision).
+    pub revision: u64,
+    /// The revision at which nodes last needed a new snapshot.
+    pub snapshot_revision: u64,
+    pub servers: BTreeMap<ServerName, Arc<Server>>,
+    pub identity_providers: BTreeMap<CatalogId, Arc<Idp>>,
+    pub oauth_apps: BTreeMap<CatalogId, Arc<App>>,
+    pub credentials: BTreeMap<CatalogId, Arc<Credential>>,
+    /// Number of events per aggregate, for optimistic concurrency. Survives deletion, so a
+    /// re-created aggregate continues its count.
+    pub aggregate_revisions: BTreeMap<AggregateKey, u64>,
+}
+
+/// An event that cannot be applied to the state it follows: the log is inconsistent.
+#[derive(Debug, thiserror::Error)]
+#[error("event {sequence} ({event_type}) cannot be applied: {reason}")]
+pub struct ProjectionError {
+    pub sequence: u64,
+    pub event_type: &'static str,
+    pub reason: String,
+}
+
+/// The state persisted in a state snapshot, with its schema version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "schema_version")]
+pub enum StoredState {
+    #[serde(rename = "1")]
+    V1(State),
+}
+
+impl State {
+    pub fn aggregate_revision(&self, key: &AggregateKey) -> u64 {
+        self.aggregate_revisions.get(key).copied().unwrap_or(0)
+    }
+
+    pub fn exists(&self, key: &AggregateKey) -> bool {
+        match key.kind {
+            AggregateKind::Server => ServerName::parse(&key.id)
+                .map(|name| self.servers.contains_key(&name))
+                .unwrap_or(false),
+            AggregateKind::IdentityProvider => catalog(&key.id)
+                .map(|id| self.identity_providers.contains_key(&id))
+                .unwrap_or(false),
+            AggregateKind::OauthApp => catalog(&key.id)
+                .map(|id| self.oauth_apps.contains_key(&id))
+                .unwrap_or(false),
+            AggregateKind::Credential => catalog(&key.id)
+                .map(|id| self.credentials.contains_key(&id))
+                .unwrap_or(false),
+        }
+    }
+
+    /// Ids of every secret an aggregate holds now, to find those a change drops.
+    pub fn secret_ids(&self, key: &AggregateKey) -> BTreeSet<Uuid> {
+        fn ids<T: WithSecrets<SealedSecret> + Clone>(value: Option<&Arc<T>>) -> BTreeSet<Uuid> {
+            value
+                .map(|value| value.secret_paths().into_values().map(|s| s.id).collect())
+                .unwrap_or_default()
+        }
+        match key.kind {
+            AggregateKind::Server => ServerName::parse(&key.id)
+                .map(|name| ids(self.servers.get(&name)))
+                .unwrap_or_default(),
+            AggregateKind::IdentityProvider => catalog(&key.id)
+                .map(|id| ids(self.identity_providers.get(&id)))
+                .unwrap_or_default(),
+            AggregateKind::OauthApp => catalog(&key.id)
+                .map(|id| ids(self.oauth_apps.get(&id)))
+                .unwrap_or_default(),
+            AggregateKind::Credential => catalog(&key.id)
+                .map(|id| ids(self.credentials.get(&id)))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Applies one event. Events in the log were validated when written, so a failure
+    /// here means the log is inconsistent and is reported, never ignored.
+    pub fn apply(&mut self, event: &Event) -> Result<(), ProjectionError> {
+        let fail = |reason: String| ProjectionError {
+            sequence: event.sequence,
+            event_type: event.payload.type_name(),
+            reason,
+        };
+        if event.sequence != self.revision + 1 {
+            return Err(fail(format!(
+                "expected sequence {}, the log has a gap or a duplicate",
+                self.revision + 1
+            )));
+        }
+        match &event.payload {
+            EventPayload::ServerRegistered { server } | EventPayload::ServerUpdated { server } => {
+                self.servers
+                    .insert(server.name.clone(), Arc::new(server.clone()));
+            }
+            EventPayload::ServerDeleted { name } => {
+                self.servers
+                    .remove(name)
+                    .ok_or_else(|| fail(format!("no server {name}")))?;
+            }
+            EventPayload::AgentAuthSet { server, agent_auth } => {
+                self.server_mut(server).map_err(fail)?.agent_auth = agent_auth.clone();
+            }
+            EventPayload::AppAuthSet { server, app_auth } => {
+                self.server_mut(server).map_err(fail)?.app_auth = app_auth.clone();
+            }
+            EventPayload::OutboundHeaderPut { server, header } => {
+                let server = self.server_mut(server).map_err(fail)?;
+                match server
+                    .outbound_headers
+                    .iter_mut()
+                    .find(|existing| existing.header_name == header.header_name)
+                {
+                    Some(existing) => *existing = header.clone(),
+                    None => server.outbound_headers.push(header.clone()),
+                }
+            }
+            EventPayload::OutboundHeaderRemoved {
+                server,
+                header_name,
+            } => {
+                let server = self.server_mut(server).map_err(fail)?;
+                let before = server.outbound_headers.len();
+                server
+                    .outbound_headers
+                    .retain(|header| &header.header_name != header_name);
+                if server.outbound_headers.len() == before {
+                    return Err(fail(format!("no outbound header {header_name}")));
+                }
+            }
+            EventPayload::IdentityProviderPut { identity_provider } => {
+                self.identity_providers.insert(
+                    identity_provider.id.clone(),
+                    Arc::new(identity_provider.clone()),
+                );
+            }
+            EventPayload::IdentityProviderDeleted { id } => {
+                self.identity_providers
+                    .remove(id)
+                    .ok_or_else(|| fail(format!("no identity provider {id}")))?;
+            }
+            EventPayload::OauthAppPut { oauth_app } => {
+                self.oauth_apps
+                    .insert(oauth_app.app_id.clone(), Arc::new(oauth_app.clone()));
+            }
+            EventPayload::OauthAppDeleted { app_id } => {
+                self.oauth_apps
+                    .remove(app_id)
+                    .ok_or_else(|| fail(format!("no OAuth app {app_id}")))?;
+            }
+            EventPayload::CredentialPut {
+                id,
+                description,
+                org_value,
+            } => {
+                let user_values = self
+                    .credentials
+                    .get(id)
+                    .map(|existing| existing.user_values.clone())
+                    .unwrap_or_default();
+                self.credentials.insert(
+                    id.clone(),
+                    Arc::new(StoredCredential {
+                        id: id.clone(),
+                        description: description.clone(),
+                        org_value: org_value.clone(),
+                        user_values,
+                    }),
+                );
+            }
+            EventPayload::CredentialDeleted { id } => {
+                self.credentials
+                    .remove(id)
+                    .ok_or_else(|| fail(format!("no stored credential {id}")))?;
+            }
+            EventPayload::UserCredentialSet {
+                credential_id,
+                user,
+                value,
+            } => {
+                let credential = self
+                    .credentials
+                    .get_mut(credential_id)
+                    .ok_or_else(|| fail(format!("no stored credential {credential_id}")))?;
+                Arc::make_mut(credential)
+                    .user_values
+                    .insert(user.clone(), value.clone());
+            }
+            EventPayload::UserCredentialDeleted {
+                credential_id,
+                user,
+            } => {
+                let credential = self
+                    .credentials
+                    .get_mut(credential_id)
+                    .ok_or_else(|| fail(format!("no stored credential {credential_id}")))?;
+                Arc::make_mut(credential)
+                    .user_values
+                    .remove(user)
+                    .ok_or_else(|| fail(format!("no value of {user}")))?;
+            }
+        }
+        self.revision = event.sequence;
+        if event.payload.affects_snapshot() {
+            self.snapshot_revision = event.sequence;
+        }
+        self.aggregate_revisions
+            .insert(event.aggregate.clone(), event.aggregate_revision);
+        Ok(())
+    }
+
+    fn server_mut(&mut self, name: &ServerName) -> Result<&mut Server, String> {
+        self.servers
+            .get_mut(name)
+            .map(Arc::make_mut)
+            .ok_or_else(|| format!("no server {name}"))
+    }
+
+    /// Servers that reference a catalog entry, to refuse deleting what is in use.
+    pub fn servers_referencing(&self, kind: AggregateKind, id: &CatalogId) -> Vec<ServerName> {
+        use portcullis_shared::config::{AgentAuthMode, AppAuth, OutboundSource};
+        self.servers
+            .values()
+            .filter(|server| match kind {
+                AggregateKind::IdentityProvider => matches!(
+                    &server.agent_auth.mode,
+                    AgentAuthMode::Interactive { identity_provider, .. } if identity_provider == id
+                ),
+                AggregateKind::OauthApp => matches!(
+                    &server.app_auth,
+                    AppAuth::OAuthAuthorization { app_id, .. } if app_id == id
+                ),
+                AggregateKind::Credential => server.outbound_headers.iter().any(|header| {
+                    matches!(
+                        &header.source,
+                        OutboundSource::VaultCredential { credential_id, .. } if credential_id == id
+                    )
+                }),
+                AggregateKind::Server => false,
+            })
+            .map(|server| server.name.clone())
+            .collect()
+    }
+}
+
+fn catalog(id: &str) -> Option<CatalogId> {
+    CatalogId::parse(id).ok()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the control plane: the event store through the engine, the admin
+//! API over real gRPC connections, and crash recovery of the real binary.
+
+mod admin_api;
+mod common;
+mod crash;
+mod event_store;
+mod secrets_at_rest;
