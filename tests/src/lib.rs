@@ -1,1 +1,21 @@
-//! Helpers for end-to-end tests: start real processes on loopback ports.
+//! End-to-end test harness: real processes on loopback ports, real MCP clients and servers.
+//!
+//! - [`process`]: start a program, wait for its `... listening on <addr>` line, capture its
+//!   output to files, kill it on drop or on demand (`kill -9` for crash tests).
+//! - [`paths`]: find workspace binaries next to the test executable and the test
+//!   dependencies `tests/run.sh setup` installed in `tests/.deps`.
+//! - [`upstreams`]: `echo-upstream` and `@modelcontextprotocol/server-everything`.
+//! - [`python_client`]: the official Python MCP SDK as a client.
+//! - [`conformance`]: the MCP conformance suite and its baselines.
+//! - [`echo_upstream`]: the `echo-upstream` server itself (the binary is a thin wrapper).
+
+pub mod conformance;
+pub mod echo_upstream;
+pub mod paths;
+pub mod process;
+pub mod python_client;
+pub mod upstreams;
+
+pub use process::{ChildProcess, scratch_dir};
+pub use python_client::python_mcp_client;
+pub use upstreams::{EchoUpstream, ServerEverything};

@@ -1,0 +1,354 @@
+//! The MCP conformance suite (`@modelcontextprotocol/conformance`) under the pinned Node 22.
+//!
+//! Baselines live in `tests/conformance/<target>.expected-failures.yaml`, in the format the
+//! suite's own `--expected-failures` flag reads (`server:` / `client:` lists of scenario
+//! names): with it the suite exits 0 exactly when the failing set equals the baseline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::paths;
+use crate::process::{ChildProcess, scratch_dir};
+use crate::upstreams::DEFAULT_TOOL_TIMEOUT;
+
+/// The baseline file of a conformance target, e.g. `server-everything`.
+pub fn baseline_path(target: &str) -> PathBuf {
+    paths::tests_crate_dir()
+        .join("conformance")
+        .join(format!("{target}.expected-failures.yaml"))
+}
+
+/// An expected-failures file as the suite reads it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedFailures {
+    #[serde(default)]
+    pub server: BTreeSet<String>,
+    #[serde(default)]
+    pub client: BTreeSet<String>,
+}
+
+impl ExpectedFailures {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the conformance baseline {}", path.display()))?;
+        let parsed: Option<Self> = serde_norway::from_str(&text)
+            .with_context(|| format!("invalid conformance baseline {}", path.display()))?;
+        Ok(parsed.unwrap_or_default())
+    }
+}
+
+/// Runs `conformance server --url <url>`, with `--expected-failures` when a baseline is given.
+pub async fn conformance_server(
+    url: &str,
+    expected_failures: Option<&Path>,
+) -> anyhow::Result<ConformanceReport> {
+    let mut args: Vec<OsString> = vec!["server".into(), "--url".into(), url.into()];
+    if let Some(baseline) = expected_failures {
+        args.push("--expected-failures".into());
+        args.push(baseline.into());
+    }
+    conformance(&args, DEFAULT_TOOL_TIMEOUT).await
+}
+
+/// Runs the conformance CLI with `args` (a subcommand and its flags) and parses its summary.
+///
+/// Results are written to a scratch folder (`-o`), read back for the failure messages, and
+/// removed with the report.
+pub async fn conformance(
+    args: &[OsString],
+    timeout: Duration,
+) -> anyhow::Result<ConformanceReport> {
+    let cli = paths::npm_package_file("@modelcontextprotocol/conformance", "dist/index.js")?;
+    let output_dir = scratch_dir("conformance-results")?;
+    let mut command = Command::new(paths::node_binary()?);
+    command
+        .arg(cli)
+        .args(args)
+        .arg("--output-dir")
+        .arg(output_dir.path())
+        // No colour codes in the output we parse.
+        .env("NO_COLOR", "1")
+        .env("FORCE_COLOR", "0");
+    let mut process = ChildProcess::spawn("conformance", command)?;
+    let exit_status = process.wait_for_exit(timeout).await?;
+    let stdout = process.stdout_text();
+    let summary = parse_summary(&stdout).with_context(|| {
+        format!(
+            "the conformance suite ({exit_status}) printed no `Total:` line\n--- stdout ---\n{stdout}\n{}",
+            process.diagnostics()
+        )
+    })?;
+    let mut scenarios = summary.scenarios;
+    for (scenario, messages) in read_failure_messages(output_dir.path())? {
+        if let Some(outcome) = scenarios.get_mut(&scenario) {
+            outcome.failure_messages = messages;
+        }
+    }
+    Ok(ConformanceReport {
+        exit_status,
+        total_checks_passed: summary.total_checks_passed,
+        total_checks_failed: summary.total_checks_failed,
+        scenarios,
+        stdout,
+        process,
+        _output_dir: output_dir,
+    })
+}
+
+/// The parsed result of one conformance run.
+#[derive(Debug)]
+pub struct ConformanceReport {
+    pub exit_status: ExitStatus,
+    /// From the `Total: X passed, Y failed` line (counts checks, not scenarios).
+    pub total_checks_passed: u32,
+    pub total_checks_failed: u32,
+    /// Every scenario of the summary, by name.
+    pub scenarios: BTreeMap<String, ScenarioOutcome>,
+    pub stdout: String,
+    /// The finished CLI process, for its logs.
+    pub process: ChildProcess,
+    _output_dir: tempfile::TempDir,
+}
+
+/// One summary line: `✓ name: 2 passed, 0 failed` (client runs add `, N warnings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScenarioOutcome {
+    pub checks_passed: u32,
+    pub checks_failed: u32,
+    pub checks_warned: u32,
+    /// The error messages of failed or warned checks, from the scenario's `checks.json`.
+    pub failure_messages: Vec<String>,
+}
+
+impl ScenarioOutcome {
+    /// The suite's own rule: a scenario passes when no check failed or warned.
+    pub fn passed(&self) -> bool {
+        self.checks_failed == 0 && self.checks_warned == 0
+    }
+}
+
+impl ConformanceReport {
+    pub fn passing_scenarios(&self) -> BTreeSet<String> {
+        self.scenarios
+            .iter()
+            .filter(|(_, outcome)| outcome.passed())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub fn failing_scenarios(&self) -> BTreeSet<String> {
+        self.scenarios
+            .iter()
+            .filter(|(_, outcome)| !outcome.passed())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Fails unless the failing scenarios are exactly `expected`, naming the difference and
+    /// the failure messages of unexpected failures.
+    pub fn expect_failures_exactly(&self, expected: &BTreeSet<String>) -> anyhow::Result<()> {
+        let failing = self.failing_scenarios();
+        let unexpected: Vec<&String> = failing.difference(expected).collect();
+        let now_passing: Vec<&String> = expected.difference(&failing).collect();
+        if unexpected.is_empty() && now_passing.is_empty() {
+            return Ok(());
+        }
+        let mut message = String::from("conformance results differ from the baseline\n");
+        for scenario in &unexpected {
+            message.push_str(&format!("  unexpected failure: {scenario}\n"));
+            for failure in &self.scenarios[*scenario].failure_messages {
+                message.push_str(&format!("      {failure}\n"));
+            }
+        }
+        for scenario in &now_passing {
+            message.push_str(&format!(
+                "  now passing (remove from the baseline): {scenario}\n"
+            ));
+        }
+        bail!("{message}--- suite stdout ---\n{}", self.stdout)
+    }
+}
+
+struct Summary {
+    total_checks_passed: u32,
+    total_checks_failed: u32,
+    scenarios: BTreeMap<String, ScenarioOutcome>,
+}
+
+/// Parses the summary the suite prints at the end of a run.
+fn parse_summary(stdout: &str) -> Option<Summary> {
+    let mut scenarios = BTreeMap::new();
+    let mut totals = None;
+    for line in stdout.lines().map(str::trim) {
+        if let Some(counts) = line.strip_prefix("Total: ") {
+            let (passed, failed, _) = parse_counts(counts)?;
+            totals = Some((passed, failed));
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("✓ ").or_else(|| line.strip_prefix("✗ ")) else {
+            continue;
+        };
+        let Some((name, counts)) = rest.rsplit_once(": ") else {
+            continue;
+        };
+        if let Some((checks_passed, checks_failed, checks_warned)) = parse_counts(counts) {
+            scenarios.insert(
+                name.to_owned(),
+                ScenarioOutcome {
+                    checks_passed,
+                    checks_failed,
+                    checks_warned,
+                    failure_messages: Vec::new(),
+                },
+            );
+        }
+    }
+    let (total_checks_passed, total_checks_failed) = totals?;
+    Some(Summary {
+        total_checks_passed,
+        total_checks_failed,
+        scenarios,
+    })
+}
+
+/// `3 passed, 1 failed` or `3 passed, 1 failed, 2 warnings`.
+fn parse_counts(text: &str) -> Option<(u32, u32, u32)> {
+    let mut passed = None;
+    let mut failed = None;
+    let mut warned = 0;
+    for part in text.split(", ") {
+        let (number, word) = part.trim().split_once(' ')?;
+        let number: u32 = number.parse().ok()?;
+        match word {
+            "passed" => passed = Some(number),
+            "failed" => failed = Some(number),
+            "warnings" | "warning" => warned = number,
+            _ => return None,
+        }
+    }
+    Some((passed?, failed?, warned))
+}
+
+/// One entry of a scenario's `checks.json`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Check {
+    name: String,
+    status: String,
+    error_message: Option<String>,
+}
+
+/// Scenario name -> messages of its failed or warned checks, from `<dir>/**/checks.json`.
+///
+/// The suite names each result folder `<server|client>-<scenario>-<timestamp>`.
+fn read_failure_messages(output_dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut messages = BTreeMap::new();
+    let mut pending = vec![output_dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if path.file_name().is_none_or(|name| name != "checks.json") {
+                continue;
+            }
+            let Some(scenario) = path
+                .parent()
+                .and_then(|parent| parent.strip_prefix(output_dir).ok())
+                .and_then(scenario_from_result_folder)
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(checks) = serde_json::from_str::<Vec<Check>>(&text) else {
+                continue;
+            };
+            let failures: Vec<String> = checks
+                .into_iter()
+                .filter(|check| check.status == "FAILURE" || check.status == "WARNING")
+                .map(|check| {
+                    format!(
+                        "{} {}: {}",
+                        check.status,
+                        check.name,
+                        check.error_message.unwrap_or_default()
+                    )
+                })
+                .collect();
+            messages.insert(scenario, failures);
+        }
+    }
+    Ok(messages)
+}
+
+/// `server-tools-list-2026-01-02T03-04-05-678Z` -> `tools-list`.
+fn scenario_from_result_folder(relative: &Path) -> Option<String> {
+    let text = relative.to_str()?.replace('\\', "/");
+    let without_role = text
+        .strip_prefix("server-")
+        .or_else(|| text.strip_prefix("client-"))?;
+    // The timestamp is `-YYYY-MM-DDTHH-MM-SS-mmmZ`: 25 characters with its dash.
+    const TIMESTAMP_LENGTH: usize = 25;
+    let split_at = without_role.len().checked_sub(TIMESTAMP_LENGTH)?;
+    let (name, timestamp) = without_role.split_at_checked(split_at)?;
+    (timestamp.starts_with("-") && timestamp.ends_with('Z') && timestamp.contains('T'))
+        .then(|| name.to_owned())
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_summary_of_a_server_run() {
+        let stdout = "=== Running scenario: ping ===\n\n=== SUMMARY ===\n\
+            ✓ server-initialize: 1 passed, 0 failed\n\
+            ✗ dns-rebinding-protection: 1 passed, 1 failed\n\
+            \nTotal: 2 passed, 1 failed\n";
+        let summary = parse_summary(stdout).unwrap();
+        assert_eq!(summary.total_checks_passed, 2);
+        assert_eq!(summary.total_checks_failed, 1);
+        assert!(summary.scenarios["server-initialize"].passed());
+        assert!(!summary.scenarios["dns-rebinding-protection"].passed());
+    }
+
+    #[test]
+    fn parses_warnings_of_a_client_run() {
+        let stdout = "✗ auth/basic-cimd: 5 passed, 0 failed, 1 warnings\n\
+            Total: 5 passed, 0 failed, 1 warnings\n";
+        let summary = parse_summary(stdout).unwrap();
+        let outcome = &summary.scenarios["auth/basic-cimd"];
+        assert_eq!(outcome.checks_warned, 1);
+        assert!(!outcome.passed());
+    }
+
+    #[test]
+    fn a_run_without_total_line_is_not_a_summary() {
+        assert!(parse_summary("✓ ping: 1 passed, 0 failed\n").is_none());
+    }
+
+    #[test]
+    fn result_folders_map_to_scenarios() {
+        assert_eq!(
+            scenario_from_result_folder(Path::new(
+                "server-tools-call-image-2026-11-26T05-49-58-694Z"
+            )),
+            Some("tools-call-image".to_owned())
+        );
+        assert_eq!(scenario_from_result_folder(Path::new("other")), None);
+    }
+}
