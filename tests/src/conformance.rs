@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::paths;
-use crate::process::{ChildProcess, scratch_dir};
+use crate::process::{ChildProcess, KEEP_LOGS_ENV, scratch_dir};
 use crate::upstreams::DEFAULT_TOOL_TIMEOUT;
 
 /// The baseline file of a conformance target, e.g. `server-everything`.
@@ -98,7 +98,7 @@ pub async fn conformance(
         scenarios,
         stdout,
         process,
-        _output_dir: output_dir,
+        output_dir: Some(output_dir),
     })
 }
 
@@ -114,7 +114,18 @@ pub struct ConformanceReport {
     pub stdout: String,
     /// The finished CLI process, for its logs.
     pub process: ChildProcess,
-    _output_dir: tempfile::TempDir,
+    /// The suite's `--output-dir` (a `checks.json` per scenario); kept if the test panics.
+    output_dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for ConformanceReport {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking() || std::env::var_os(KEEP_LOGS_ENV).is_some();
+        if keep && let Some(output_dir) = self.output_dir.take() {
+            let path = output_dir.keep();
+            eprintln!("conformance results kept in {}", path.display());
+        }
+    }
 }
 
 /// One summary line: `✓ name: 2 passed, 0 failed` (client runs add `, N warnings`).
@@ -135,6 +146,11 @@ impl ScenarioOutcome {
 }
 
 impl ConformanceReport {
+    /// The folder holding the suite's per-scenario results.
+    pub fn output_dir(&self) -> Option<&Path> {
+        self.output_dir.as_ref().map(tempfile::TempDir::path)
+    }
+
     pub fn passing_scenarios(&self) -> BTreeSet<String> {
         self.scenarios
             .iter()

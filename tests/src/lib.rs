@@ -6,11 +6,13 @@
 //!   dependencies `tests/run.sh setup` installed in `tests/.deps`.
 //! - [`upstreams`]: `echo-upstream` and `@modelcontextprotocol/server-everything`.
 //! - [`python_client`]: the official Python MCP SDK as a client.
+//! - [`node_clients`]: the MCP Inspector CLI and `mcp-remote-client` as clients.
 //! - [`conformance`]: the MCP conformance suite and its baselines.
 //! - [`echo_upstream`]: the `echo-upstream` server itself (the binary is a thin wrapper).
 
 pub mod conformance;
 pub mod echo_upstream;
+pub mod node_clients;
 pub mod paths;
 pub mod process;
 pub mod python_client;

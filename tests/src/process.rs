@@ -15,7 +15,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -35,6 +35,8 @@ pub const KEEP_LOGS_ENV: &str = "PORTCULLIS_TEST_KEEP_LOGS";
 pub struct ChildProcess {
     name: String,
     child: Child,
+    /// Held open for programs that quit at end of input; `None` when stdin is closed.
+    stdin: Option<ChildStdin>,
     exit_status: Option<ExitStatus>,
     log_dir: Option<tempfile::TempDir>,
     log_dir_path: PathBuf,
@@ -63,7 +65,22 @@ impl ChildProcess {
     /// Starts `command` with stdin closed and stdout/stderr captured to files.
     ///
     /// `name` labels the log folder and error messages.
-    pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, command: Command) -> anyhow::Result<Self> {
+        Self::spawn_with_stdin(name, command, false)
+    }
+
+    /// Like [`Self::spawn`], but stdin is a pipe kept open (and empty) until
+    /// [`Self::close_stdin`] or drop: for programs that quit when stdin ends, such as
+    /// `mcp-remote-client`.
+    pub fn spawn_with_open_stdin(name: &str, command: Command) -> anyhow::Result<Self> {
+        Self::spawn_with_stdin(name, command, true)
+    }
+
+    fn spawn_with_stdin(
+        name: &str,
+        mut command: Command,
+        keep_stdin_open: bool,
+    ) -> anyhow::Result<Self> {
         let log_dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir_in(logs_root()?)
@@ -76,16 +93,22 @@ impl ChildProcess {
         std::fs::write(log_dir_path.join("command.txt"), format!("{command:?}\n"))
             .context("cannot write command.txt")?;
         command
-            .stdin(Stdio::null())
+            .stdin(if keep_stdin_open {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        let child = command
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {name}: {command:?}"))?;
+        let stdin = child.stdin.take();
         Ok(Self {
             name: name.to_owned(),
             child,
+            stdin,
             exit_status: None,
             log_dir: Some(log_dir),
             log_dir_path,
@@ -117,6 +140,11 @@ impl ChildProcess {
         let mut command = Command::new(crate::paths::workspace_binary(binary)?);
         command.args(args);
         Self::start_listening(binary, command, &format!("{binary} listening on ")).await
+    }
+
+    /// Closes stdin (end of input) if it was kept open.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     pub fn name(&self) -> &str {

@@ -5,4 +5,5 @@
 
 mod conformance_baselines;
 mod harness;
+mod node_clients;
 mod python_client;
