@@ -47,6 +47,8 @@ pub enum DiscoveryError {
     Stream(tonic::Status),
     #[error("the reply channel closed")]
     ReplyChannelClosed,
+    #[error("the node token cannot be sent as gRPC metadata")]
+    InvalidToken,
 }
 
 /// Why a pushed snapshot was refused. The text goes back to the control plane in the NACK,
@@ -251,12 +253,7 @@ impl DiscoveryClient {
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
         let mut bearer =
             MetadataValue::try_from(format!("Bearer {}", self.options.node_token.expose()))
-                .map_err(|_| {
-                    (
-                        DiscoveryError::Refused(tonic::Status::invalid_argument("node token")),
-                        false,
-                    )
-                })?;
+                .map_err(|_| (DiscoveryError::InvalidToken, false))?;
         bearer.set_sensitive(true);
         request.metadata_mut().insert("authorization", bearer);
         let mut updates = tokio::select! {

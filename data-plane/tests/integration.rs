@@ -299,6 +299,76 @@ mod proxy {
         }
     }
 
+    fn sse_node(upstream: &TestUpstream, limits: ProxyLimits) -> TestNode {
+        TestNode::new(
+            Some(snapshot(
+                1,
+                vec![server("events", &upstream.url("/sse"), bearer("t"))],
+            )),
+            limits,
+        )
+    }
+
+    fn sse_get() -> Request<Body> {
+        Request::get("/mcp/events")
+            .header("host", "localhost")
+            .header("accept", "text/event-stream")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_goes_silent_is_cut_after_the_idle_timeout() {
+        let mut upstream = TestUpstream::start().await;
+        let events = upstream.sse_events.take().unwrap();
+        let limits = ProxyLimits {
+            upstream_idle_timeout: Duration::from_secs(1),
+            ..ProxyLimits::default()
+        };
+        let mut node = sse_node(&upstream, limits);
+        let response = portcullis_data_plane::router(node.state.clone())
+            .oneshot(sse_get())
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let mut buffer = String::new();
+        events.send("one".to_owned()).await.unwrap();
+        assert_eq!(
+            next_sse_event(&mut body, &mut buffer).await.unwrap(),
+            "id: 0\ndata: one"
+        );
+        // The upstream stays connected and says nothing more.
+        let next = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the idle timeout did not end the stream");
+        assert!(matches!(next, Some(Err(_))));
+        let record = node.next_record().await;
+        assert_eq!(record.outcome, Outcome::UpstreamStreamFailed);
+        assert_eq!(record.upstream_status, Some(200));
+        drop(events);
+    }
+
+    #[tokio::test]
+    async fn a_caller_leaving_mid_stream_is_recorded_as_disconnected() {
+        let mut upstream = TestUpstream::start().await;
+        let events = upstream.sse_events.take().unwrap();
+        let mut node = sse_node(&upstream, ProxyLimits::default());
+        let response = portcullis_data_plane::router(node.state.clone())
+            .oneshot(sse_get())
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let mut buffer = String::new();
+        events.send("one".to_owned()).await.unwrap();
+        next_sse_event(&mut body, &mut buffer).await.unwrap();
+        drop(body);
+        let record = node.next_record().await;
+        assert_eq!(record.outcome, Outcome::ClientDisconnected);
+        assert_eq!(record.http_method, "GET");
+        assert!(record.jsonrpc_methods.is_empty());
+        assert_eq!(record.status, 200);
+    }
+
     #[tokio::test]
     async fn an_unreachable_upstream_gives_502_quickly() {
         let dead = dead_address().await;
