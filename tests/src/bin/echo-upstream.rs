@@ -1,7 +1,7 @@
 //! `echo-upstream`: test and demo MCP server that reports the headers and credential it
 //! received. See `portcullis_tests::echo_upstream` for the tools.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -46,6 +47,16 @@ async fn main() -> ExitCode {
         required_bearer_token: flags.require_bearer,
         allowed_hosts: flags.allowed_hosts,
         stateless: flags.stateless,
+    };
+
+    // Signal handlers exist before the listening line: a harness may send SIGTERM as soon as
+    // it reads that line, and an unhandled SIGTERM would kill the process uncleanly.
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("echo-upstream: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
     };
 
     let listener = match tokio::net::TcpListener::bind(&flags.listen).await {
@@ -72,7 +83,7 @@ async fn main() -> ExitCode {
     }
     drop(stdout);
 
-    match echo_upstream::serve(listener, &options, shutdown_signal()).await {
+    match echo_upstream::serve(listener, &options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo-upstream: server error: {error}");
@@ -81,26 +92,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// A future that completes on SIGINT or SIGTERM; the handlers are installed on return.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
+    })
 }
