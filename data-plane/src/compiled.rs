@@ -146,7 +146,12 @@ impl UpstreamTarget {
 
     /// The absolute URI for one request with its final query.
     pub fn uri(&self, query: &UpstreamQuery) -> Result<Uri, http::Error> {
-        Self::build(&self.scheme, &self.authority, &self.path, query.as_str())
+        Self::build(
+            &self.scheme,
+            &self.authority,
+            &self.path,
+            query.to_query_string().as_deref(),
+        )
     }
 
     fn build(

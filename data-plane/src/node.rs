@@ -92,10 +92,6 @@ impl Node {
         self.local_address
     }
 
-    pub fn state(&self) -> &Arc<NodeState> {
-        &self.state
-    }
-
     /// Serves until `shutdown` is cancelled, then stops accepting, gives open requests the
     /// drain timeout to finish (SSE streams may never finish on their own) and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {

@@ -124,7 +124,6 @@ impl AppAuthPlan {
 #[derive(Default)]
 pub struct UpstreamQuery {
     segments: Vec<String>,
-    rendered: String,
 }
 
 impl UpstreamQuery {
@@ -143,7 +142,6 @@ impl UpstreamQuery {
                     .map(str::to_owned),
             );
         }
-        self.render();
     }
 
     /// Replaces every parameter called `name` (compared after percent-decoding, so
@@ -160,15 +158,11 @@ impl UpstreamQuery {
                 .append_pair(name, value.expose())
                 .finish(),
         );
-        self.render();
     }
 
-    fn render(&mut self) {
-        self.rendered = self.segments.join("&");
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        (!self.rendered.is_empty()).then_some(self.rendered.as_str())
+    /// The query string, or `None` when there are no parameters.
+    pub fn to_query_string(&self) -> Option<String> {
+        (!self.segments.is_empty()).then(|| self.segments.join("&"))
     }
 }
 
@@ -182,7 +176,7 @@ mod tests {
         let mut outbound = HeaderMap::new();
         let mut query = UpstreamQuery::new(Some("tenant=a&api_key=caller-chosen"));
         plan.apply(inbound, &mut outbound, &mut query).unwrap();
-        (outbound, query.as_str().map(str::to_owned))
+        (outbound, query.to_query_string())
     }
 
     fn inbound_with_authorization() -> HeaderMap {
@@ -221,7 +215,7 @@ mod tests {
 
         let mut query = UpstreamQuery::new(Some("api%5Fkey=sneaky&x=1"));
         query.set_secret("api_key", &SecretValue::new("v"));
-        assert_eq!(query.as_str(), Some("x=1&api_key=v"));
+        assert_eq!(query.to_query_string().as_deref(), Some("x=1&api_key=v"));
     }
 
     #[test]

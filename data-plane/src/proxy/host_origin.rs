@@ -51,10 +51,6 @@ impl HostPolicy {
         }
     }
 
-    pub fn own_origin(&self) -> &str {
-        &self.own_origin
-    }
-
     /// Checks Host (or the HTTP/2 `:authority`) and Origin.
     pub fn check(&self, server: &CompiledServer, request: &Parts) -> Result<(), ProxyError> {
         self.check_host(request)?;
