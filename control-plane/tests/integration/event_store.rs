@@ -241,8 +241,10 @@ async fn replay_equals_live_state_with_and_without_state_snapshots() {
     let full = {
         let copy = open_engine(fresh.path(), EngineOptions::default());
         let store = copy.store().clone();
-        let mut batch = portcullis_control_plane::store::AppendBatch::default();
-        batch.events = engine.store().read_events(0, usize::MAX).unwrap();
+        let batch = portcullis_control_plane::store::AppendBatch {
+            events: engine.store().read_events(0, usize::MAX).unwrap(),
+            ..Default::default()
+        };
         store.append(&batch).unwrap();
         store.load_state(None).unwrap()
     };
