@@ -228,8 +228,9 @@ async fn forward(
     *upstream_request.method_mut() = parts.method;
     *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
-    // HTTP/1.1 on the wire unless TLS negotiated HTTP/2 with the upstream; the client
-    // upgrades the request itself in that case.
+    // HTTP/1.1 unless TLS negotiates HTTP/2 with the upstream (ALPN). The legacy client
+    // refuses an HTTP/2 request on an HTTP/1 connection, and over HTTP/2 it takes
+    // `:scheme` and `:authority` from the absolute URI whatever this field says.
     *upstream_request.version_mut() = Version::HTTP_11;
     let response = node.upstream.send(upstream_request).await?;
     Ok(Forwarded {
