@@ -23,7 +23,6 @@ use portcullis_proto::v1 as proto;
 use portcullis_proto::v1::app_auth::Kind;
 use portcullis_shared::error::ErrorCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 fn api_key(name: &str, value: &str, location: proto::ApiKeyLocation) -> Kind {
     Kind::ApiKey(proto::ApiKey {
@@ -119,10 +118,7 @@ mod proxy {
             let mut request = post("demo", &body, CALLER_HEADERS);
             *request.uri_mut() = "/mcp/demo?tenant=a&api_key=forged".parse().unwrap();
 
-            let response = portcullis_data_plane::router(node.state.clone())
-                .oneshot(request)
-                .await
-                .unwrap();
+            let response = node.send(request).await;
             assert_eq!(response.status(), StatusCode::OK, "{}", case.kind_name);
             assert_eq!(response.headers()["mcp-session-id"], "upstream-session-1");
             assert!(response.headers().get("set-cookie").is_none());
@@ -213,10 +209,9 @@ mod proxy {
         let mut upstream = TestUpstream::start().await;
         let node =
             TestNode::with_servers(vec![server("pass", &upstream.url("/mcp"), passthrough())]);
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(post("pass", &tool_call(1, "x"), CALLER_HEADERS))
-            .await
-            .unwrap();
+        let response = node
+            .send(post("pass", &tool_call(1, "x"), CALLER_HEADERS))
+            .await;
         assert_eq!(response.status(), StatusCode::OK);
         // The upstream's challenge is about the caller's own credential here: it passes.
         assert!(response.headers().get("www-authenticate").is_some());
@@ -241,10 +236,7 @@ mod proxy {
                 .header("last-event-id", "17")
                 .body(Body::from("ignored"))
                 .unwrap();
-            let response = portcullis_data_plane::router(node.state.clone())
-                .oneshot(request)
-                .await
-                .unwrap();
+            let response = node.send(request).await;
             assert_eq!(response.status(), StatusCode::OK);
             let received = upstream.next_request().await;
             assert_eq!(received.method.as_str(), method);
@@ -326,10 +318,7 @@ mod proxy {
             ..ProxyLimits::default()
         };
         let mut node = sse_node(&upstream, limits);
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(sse_get())
-            .await
-            .unwrap();
+        let response = node.send(sse_get()).await;
         let mut body = response.into_body();
         let mut buffer = String::new();
         events.send("one".to_owned()).await.unwrap();
@@ -353,10 +342,7 @@ mod proxy {
         let mut upstream = TestUpstream::start().await;
         let events = upstream.sse_events.take().unwrap();
         let mut node = sse_node(&upstream, ProxyLimits::default());
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(sse_get())
-            .await
-            .unwrap();
+        let response = node.send(sse_get()).await;
         let mut body = response.into_body();
         let mut buffer = String::new();
         events.send("one".to_owned()).await.unwrap();
@@ -378,17 +364,7 @@ mod proxy {
             bearer("t"),
         )]);
         let started = Instant::now();
-        let response = tokio::time::timeout(
-            Duration::from_secs(5),
-            portcullis_data_plane::router(node.state.clone()).oneshot(post(
-                "gone",
-                &tool_call(9, "x"),
-                &[],
-            )),
-        )
-        .await
-        .expect("the node hung on a dead upstream")
-        .unwrap();
+        let response = node.send(post("gone", &tool_call(9, "x"), &[])).await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "took {:?}",
@@ -424,17 +400,7 @@ mod proxy {
             )),
             limits,
         );
-        let response = tokio::time::timeout(
-            Duration::from_secs(5),
-            portcullis_data_plane::router(node.state.clone()).oneshot(post(
-                "slow",
-                &tool_call(1, "x"),
-                &[],
-            )),
-        )
-        .await
-        .expect("the node hung on a silent upstream")
-        .unwrap();
+        let response = node.send(post("slow", &tool_call(1, "x"), &[])).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let body = json_body(response).await;
         assert_eq!(body["error"]["data"]["code"], "upstream_timeout");
@@ -443,10 +409,7 @@ mod proxy {
     #[tokio::test]
     async fn an_unknown_server_is_404_and_recorded() {
         let mut node = TestNode::with_servers(vec![]);
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(post("nope", &tool_call(4, "x"), &[]))
-            .await
-            .unwrap();
+        let response = node.send(post("nope", &tool_call(4, "x"), &[])).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let body = json_body(response).await;
         assert_eq!(
@@ -489,10 +452,7 @@ mod proxy {
         ];
         *chunked.body_mut() = Body::from_stream(futures::stream::iter(chunks));
         for request in [with_length, chunked] {
-            let response = portcullis_data_plane::router(node.state.clone())
-                .oneshot(request)
-                .await
-                .unwrap();
+            let response = node.send(request).await;
             assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
             let body = json_body(response).await;
             assert_eq!(body["error"]["data"]["code"], "payload_too_large");
@@ -501,10 +461,7 @@ mod proxy {
 
         // Just under the limit passes.
         let small = tool_call(2, "x");
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(post("demo", &small, &[]))
-            .await
-            .unwrap();
+        let response = node.send(post("demo", &small, &[])).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 
@@ -512,7 +469,6 @@ mod proxy {
     async fn a_foreign_host_or_origin_is_403_and_never_reaches_the_upstream() {
         let mut upstream = TestUpstream::start().await;
         let node = TestNode::with_servers(vec![server("demo", &upstream.url("/mcp"), bearer("t"))]);
-        let router = portcullis_data_plane::router(node.state.clone());
 
         let mut rebound = post("demo", &tool_call(1, "x"), &[]);
         rebound
@@ -524,7 +480,7 @@ mod proxy {
             &[("origin", "https://evil.example")],
         );
         for request in [rebound, foreign_origin] {
-            let response = router.clone().oneshot(request).await.unwrap();
+            let response = node.send(request).await;
             assert_eq!(response.status(), StatusCode::FORBIDDEN);
             let body = json_body(response).await;
             assert_eq!(body["error"]["data"]["code"], "permission_denied");
@@ -532,11 +488,9 @@ mod proxy {
         assert!(upstream.received_nothing());
 
         for origin in ["https://chat.example.com", "http://gateway.test:7400"] {
-            let response = router
-                .clone()
-                .oneshot(post("demo", &tool_call(1, "x"), &[("origin", origin)]))
-                .await
-                .unwrap();
+            let response = node
+                .send(post("demo", &tool_call(1, "x"), &[("origin", origin)]))
+                .await;
             assert_eq!(response.status(), StatusCode::OK, "{origin}");
             upstream.next_request().await;
         }
@@ -583,10 +537,7 @@ mod proxy {
                 "app authentication client_credentials is not supported by this node version",
             ),
         ] {
-            let response = portcullis_data_plane::router(node.state.clone())
-                .oneshot(post(name, &tool_call(11, "x"), &[]))
-                .await
-                .unwrap();
+            let response = node.send(post(name, &tool_call(11, "x"), &[])).await;
             assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
             let body = json_body(response).await;
             assert_eq!(body["error"]["message"], message);
@@ -601,10 +552,7 @@ mod proxy {
         let node = TestNode::with_servers(vec![server("demo", &upstream.url("/mcp"), bearer("t"))]);
         let mut request = post("demo", &Value::Null, &[]);
         *request.body_mut() = Body::from("{\"jsonrpc\": \"2.0\", \"id\": 1, ");
-        let response = portcullis_data_plane::router(node.state.clone())
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = node.send(request).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         let body = json_body(response).await;
         assert_eq!(body["error"]["code"], -32700);
@@ -615,26 +563,21 @@ mod proxy {
     #[tokio::test]
     async fn readiness_follows_the_snapshot_and_an_empty_node_answers_503() {
         let empty = TestNode::new(None, ProxyLimits::default());
-        let router = portcullis_data_plane::router(empty.state.clone());
         let get = |path: &str| {
             Request::get(path)
                 .header("host", "localhost")
                 .body(Body::empty())
                 .unwrap()
         };
-        let live = router.clone().oneshot(get("/healthz")).await.unwrap();
+        let live = empty.send(get("/healthz")).await;
         assert_eq!(live.status(), StatusCode::OK);
-        let ready = router.clone().oneshot(get("/readyz")).await.unwrap();
+        let ready = empty.send(get("/readyz")).await;
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let proxied = router
-            .clone()
-            .oneshot(post("demo", &tool_call(1, "x"), &[]))
-            .await
-            .unwrap();
+        let proxied = empty.send(post("demo", &tool_call(1, "x"), &[])).await;
         assert_eq!(proxied.status(), StatusCode::SERVICE_UNAVAILABLE);
 
         empty.state.snapshots.store(compile(snapshot(8, vec![])));
-        let ready = router.clone().oneshot(get("/readyz")).await.unwrap();
+        let ready = empty.send(get("/readyz")).await;
         assert_eq!(ready.status(), StatusCode::OK);
         assert_eq!(
             json_body(ready).await,
@@ -730,8 +673,8 @@ mod discovery {
         }
     }
 
-    #[tokio::test]
-    async fn a_good_snapshot_is_applied_persisted_and_acknowledged() {
+    /// A control plane serving version 1 and a client that said hello and acknowledged it.
+    async fn connected_at_version_1() -> (TestControlPlane, RunningClient, proto::NodeHello) {
         let mut control_plane = TestControlPlane::start(
             "127.0.0.1:0".parse().unwrap(),
             Some(update(1, vec![demo_server()])),
@@ -739,13 +682,18 @@ mod discovery {
         .await;
         let client = RunningClient::start(&control_plane);
         let hello = expect_hello(&mut control_plane).await;
+        assert_eq!(control_plane.next_seen().await, ack(1));
+        assert_eq!(client.slot.version(), Some(1));
+        (control_plane, client, hello)
+    }
+
+    #[tokio::test]
+    async fn a_good_snapshot_is_applied_persisted_and_acknowledged() {
+        let (mut control_plane, client, hello) = connected_at_version_1().await;
         assert_eq!(hello.node_id, "node-a");
         assert_eq!(hello.address, "http://127.0.0.1:7400/");
         assert_eq!(hello.last_applied_version, 0);
         assert!(!hello.software_version.is_empty());
-
-        assert_eq!(control_plane.next_seen().await, ack(1));
-        assert_eq!(client.slot.version(), Some(1));
         assert_eq!(client.persisted_version().await, Some(1));
 
         control_plane.push(update(2, vec![demo_server()]));
@@ -757,14 +705,7 @@ mod discovery {
 
     #[tokio::test]
     async fn a_bad_snapshot_is_refused_and_the_old_one_kept() {
-        let mut control_plane = TestControlPlane::start(
-            "127.0.0.1:0".parse().unwrap(),
-            Some(update(1, vec![demo_server()])),
-        )
-        .await;
-        let client = RunningClient::start(&control_plane);
-        expect_hello(&mut control_plane).await;
-        assert_eq!(control_plane.next_seen().await, ack(1));
+        let (mut control_plane, client, _) = connected_at_version_1().await;
 
         let mut broken = demo_server();
         broken.upstream_url = "not a url".to_owned();
@@ -798,15 +739,7 @@ mod discovery {
 
     #[tokio::test]
     async fn the_client_reconnects_after_the_control_plane_restarts() {
-        let mut first = TestControlPlane::start(
-            "127.0.0.1:0".parse().unwrap(),
-            Some(update(1, vec![demo_server()])),
-        )
-        .await;
-        let client = RunningClient::start(&first);
-        expect_hello(&mut first).await;
-        assert_eq!(first.next_seen().await, ack(1));
-
+        let (first, client, _) = connected_at_version_1().await;
         let address = first.address;
         first.stop().await;
         // While the control plane is away the node keeps what it has.

@@ -113,6 +113,19 @@ impl TestNode {
         Self::new(Some(snapshot(1, servers)), ProxyLimits::default())
     }
 
+    /// Sends one request through `router()` without a socket. A node that does not
+    /// answer within 10 s fails the test instead of hanging it.
+    pub async fn send(&self, request: Request<Body>) -> http::Response<Body> {
+        use tower::ServiceExt;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            portcullis_data_plane::router(self.state.clone()).oneshot(request),
+        )
+        .await
+        .expect("the node did not answer within 10 s")
+        .unwrap()
+    }
+
     pub async fn next_record(&mut self) -> RequestRecord {
         tokio::time::timeout(Duration::from_secs(10), self.records.recv())
             .await
