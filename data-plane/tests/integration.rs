@@ -541,7 +541,7 @@ mod proxy {
             assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
             let body = json_body(response).await;
             assert_eq!(body["error"]["message"], message);
-            assert_eq!(body["error"]["data"]["code"], "failed_precondition");
+            assert_eq!(body["error"]["data"]["code"], "unimplemented");
         }
         assert!(upstream.received_nothing());
     }

@@ -19,6 +19,10 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// A dependency (upstream, identity provider, control plane) failed or is unreachable.
     Unavailable,
+    /// This process cannot serve yet (a node with no configuration snapshot).
+    NotReady,
+    /// The configuration is valid, but this build does not implement it.
+    Unimplemented,
     UpstreamTimeout,
     Internal,
 }
@@ -35,7 +39,8 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::PayloadTooLarge => tonic::Code::InvalidArgument,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
-            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Unavailable | ErrorCode::NotReady => tonic::Code::Unavailable,
+            ErrorCode::Unimplemented => tonic::Code::Unimplemented,
             ErrorCode::UpstreamTimeout => tonic::Code::DeadlineExceeded,
             ErrorCode::Internal => tonic::Code::Internal,
         }
@@ -53,6 +58,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ResourceExhausted => http::StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => http::StatusCode::BAD_GATEWAY,
+            // 503 tells a load balancer to try another node; 502 would not.
+            ErrorCode::NotReady => http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unimplemented => http::StatusCode::NOT_IMPLEMENTED,
             ErrorCode::UpstreamTimeout => http::StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +79,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::Unimplemented => "unimplemented",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal",
         }

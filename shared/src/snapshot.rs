@@ -101,16 +101,14 @@ fn insert_all<P, In, K: Ord>(
             }
         });
         match plaintext {
-            Ok(entry) => {
-                match into.entry(key_of(&entry)) {
-                    std::collections::btree_map::Entry::Occupied(_) => {
-                        errors.push(prefix, "duplicate entry");
-                    }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(entry);
-                    }
+            Ok(entry) => match into.entry(key_of(&entry)) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    errors.push(prefix, "duplicate entry");
                 }
-            }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(entry);
+                }
+            },
             Err(()) => {
                 for path in missing {
                     errors.push(format!("{prefix}.{path}"), "secret value missing");

@@ -61,13 +61,13 @@ impl ProxyError {
     /// The stable code, as the error body and the request record carry it.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProxyError::NotReady => ErrorCode::Unavailable,
+            ProxyError::NotReady => ErrorCode::NotReady,
             ProxyError::UnknownServer => ErrorCode::NotFound,
             ProxyError::MissingHost
             | ProxyError::HostNotAllowed(_)
             | ProxyError::OriginNotAllowed(_) => ErrorCode::PermissionDenied,
             ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
-                ErrorCode::FailedPrecondition
+                ErrorCode::Unimplemented
             }
             ProxyError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ProxyError::BodyRead(_) | ProxyError::JsonParse(_) | ProxyError::InvalidJsonRpc(_) => {
@@ -81,30 +81,8 @@ impl ProxyError {
         }
     }
 
-    /// The HTTP status: the code's status, with two deliberate exceptions that `ErrorCode`
-    /// has no variant for yet.
     pub fn http_status(&self) -> StatusCode {
-        match self {
-            // A node without any snapshot is not ready: 503 tells load balancers to retry
-            // elsewhere, which 502 would not.
-            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            // The configuration is valid; this build cannot serve it yet.
-            ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
-                StatusCode::NOT_IMPLEMENTED
-            }
-            ProxyError::UnknownServer
-            | ProxyError::MissingHost
-            | ProxyError::HostNotAllowed(_)
-            | ProxyError::OriginNotAllowed(_)
-            | ProxyError::PayloadTooLarge { .. }
-            | ProxyError::BodyRead(_)
-            | ProxyError::JsonParse(_)
-            | ProxyError::InvalidJsonRpc(_)
-            | ProxyError::UpstreamUnreachable(_)
-            | ProxyError::UpstreamTimeout(_)
-            | ProxyError::UpstreamFailed(_)
-            | ProxyError::Internal(_) => self.code().http_status(),
-        }
+        self.code().http_status()
     }
 
     pub fn jsonrpc_code(&self) -> i64 {
