@@ -180,7 +180,9 @@ fn allowed_origin(errors: &mut ValidationErrors, field: &str, value: &str) -> Op
     Some(origin)
 }
 
-/// Validates a JWKS document: it parses, has at least one key, and every key can verify.
+/// Validates a JWKS document: it parses, has at least one key, every key can verify, and
+/// every key is asymmetric. A symmetric (`oct`) key would make the verification secret
+/// public and invite HS/RS confusion, so it is refused.
 pub fn check_jwks_json(json: &str) -> Result<JwkSet, String> {
     if json.len() > MAX_VALUE_LEN {
         return Err(format!("must be at most {MAX_VALUE_LEN} bytes"));
@@ -191,6 +193,14 @@ pub fn check_jwks_json(json: &str) -> Result<JwkSet, String> {
         return Err("malformed JWKS: no keys".to_owned());
     }
     for (index, key) in set.keys.iter().enumerate() {
+        if matches!(
+            key.algorithm,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+        ) {
+            return Err(format!(
+                "key {index} is symmetric (kty oct); only public keys belong in a JWKS"
+            ));
+        }
         jsonwebtoken::DecodingKey::from_jwk(key)
             .map_err(|error| format!("malformed JWKS: key {index} is unusable: {error}"))?;
     }
