@@ -13,14 +13,8 @@
 //! - `add`: adds two integers.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use rmcp::handler::server::tool::{Extension, ToolRouter};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -28,12 +22,12 @@ use rmcp::model::{
     ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::upstream_server::UpstreamHttpOptions;
+use crate::upstream_server::mcp_router;
 
 /// The line prefix the binary prints on stdout once it is bound.
 pub const LISTENING_LINE_PREFIX: &str = "echo-upstream listening on ";
@@ -42,30 +36,6 @@ pub const LISTENING_LINE_PREFIX: &str = "echo-upstream listening on ";
 const COUNT_MAX_NOTIFICATIONS: u64 = 10_000;
 /// Upper bound for the delay between two `count` notifications.
 const COUNT_MAX_DELAY_MS: u64 = 60_000;
-
-/// How the server is set up; the binary fills it from its flags.
-#[derive(Debug, Clone)]
-pub struct EchoUpstreamOptions {
-    /// Path the MCP endpoint is served on, e.g. `/mcp`.
-    pub mcp_path: String,
-    /// When set, every request must carry `Authorization: Bearer <token>` (else 401).
-    pub required_bearer_token: Option<String>,
-    /// `Host` values accepted (DNS-rebinding protection); empty keeps rmcp's loopback default.
-    pub allowed_hosts: Vec<String>,
-    /// Serve without sessions (every request stands alone).
-    pub stateless: bool,
-}
-
-impl Default for EchoUpstreamOptions {
-    fn default() -> Self {
-        Self {
-            mcp_path: "/mcp".to_owned(),
-            required_bearer_token: None,
-            allowed_hosts: Vec::new(),
-            stateless: false,
-        }
-    }
-}
 
 /// What `echo_headers` returns: the parts of the HTTP request that carried the tool call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,87 +203,7 @@ impl ServerHandler for EchoUpstream {
     }
 }
 
-/// The HTTP router: the MCP endpoint at `options.mcp_path`, behind the bearer check if any.
-///
-/// `cancellation` ends every open session (and its SSE streams) when cancelled, so a
-/// graceful shutdown does not wait for clients that keep streams open.
-pub fn router(options: &EchoUpstreamOptions, cancellation: CancellationToken) -> axum::Router {
-    let mut config = StreamableHttpServerConfig::default()
-        .with_cancellation_token(cancellation)
-        .with_legacy_session_mode(!options.stateless);
-    if !options.allowed_hosts.is_empty() {
-        config = config.with_allowed_hosts(options.allowed_hosts.clone());
-    }
-    let service: StreamableHttpService<EchoUpstream, LocalSessionManager> =
-        StreamableHttpService::new(|| Ok(EchoUpstream::new()), Default::default(), config);
-
-    // route_service (not nest_service) keeps the full URI, so echo_headers reports the path
-    // as the client sent it.
-    let router = axum::Router::new().route_service(&options.mcp_path, service);
-    match &options.required_bearer_token {
-        Some(token) => router.layer(middleware::from_fn_with_state(
-            Arc::new(token.clone()),
-            require_bearer_token,
-        )),
-        None => router,
-    }
-}
-
-/// Rejects a request unless it carries `Authorization: Bearer <the configured token>`.
-async fn require_bearer_token(
-    State(expected_token): State<Arc<String>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented_token = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then_some(token.trim())
-        });
-    let accepted = presented_token
-        .is_some_and(|token| bool::from(token.as_bytes().ct_eq(expected_token.as_bytes())));
-    if accepted {
-        return next.run(request).await;
-    }
-    (
-        StatusCode::UNAUTHORIZED,
-        [(
-            http::header::WWW_AUTHENTICATE,
-            r#"Bearer realm="echo-upstream", error="invalid_token""#,
-        )],
-        axum::Json(serde_json::json!({
-            "error": "invalid_token",
-            "error_description": "a valid bearer token is required",
-        })),
-    )
-        .into_response()
-}
-
-/// Serves until `shutdown` completes, then closes sessions and drains connections.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    options: &EchoUpstreamOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let cancellation = CancellationToken::new();
-    let app = router(options, cancellation.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            cancellation.cancel();
-        })
-        .await
-}
-
-/// The address line the binary prints, parsed back; used by the process harness.
-pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
-    line.strip_prefix(LISTENING_LINE_PREFIX)?
-        .trim()
-        .parse()
-        .ok()
+/// The HTTP router serving [`EchoUpstream`] with `options`.
+pub fn router(options: &UpstreamHttpOptions, cancellation: CancellationToken) -> axum::Router {
+    mcp_router(EchoUpstream::new, options, cancellation)
 }

@@ -8,16 +8,19 @@
 //! - [`python_client`]: the official Python MCP SDK as a client.
 //! - [`node_clients`]: the MCP Inspector CLI and `mcp-remote-client` as clients.
 //! - [`conformance`]: the MCP conformance suite and its baselines.
-//! - [`echo_upstream`]: the `echo-upstream` server itself (the binary is a thin wrapper).
+//! - [`echo_upstream`], [`conformance_upstream`]: the test upstream servers themselves (their
+//!   binaries are thin wrappers around [`upstream_server`]).
 
 pub mod conformance;
+pub mod conformance_upstream;
 pub mod echo_upstream;
 pub mod node_clients;
 pub mod paths;
 pub mod process;
 pub mod python_client;
+pub mod upstream_server;
 pub mod upstreams;
 
 pub use process::{ChildProcess, scratch_dir};
 pub use python_client::python_mcp_client;
-pub use upstreams::{EchoUpstream, ServerEverything};
+pub use upstreams::{ConformanceUpstream, EchoUpstream, ServerEverything};

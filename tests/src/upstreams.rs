@@ -6,9 +6,29 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::echo_upstream::LISTENING_LINE_PREFIX;
 use crate::paths;
 use crate::process::{ChildProcess, DEFAULT_STARTUP_TIMEOUT, pick_free_loopback_port};
+
+/// A test upstream binary of this crate started as a child process with `args`
+/// (`--listen` defaults to `127.0.0.1:0`), waited for until it listens.
+async fn start_upstream_binary(
+    binary: &str,
+    args: &[&str],
+) -> anyhow::Result<(ChildProcess, String)> {
+    let mut command = Command::new(paths::workspace_binary(binary)?);
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command.args(args);
+    let mcp_path = args
+        .iter()
+        .position(|arg| *arg == "--path")
+        .and_then(|index| args.get(index + 1))
+        .map_or_else(|| "/mcp".to_owned(), |path| (*path).to_owned());
+    let process =
+        ChildProcess::start_listening(binary, command, &format!("{binary} listening on ")).await?;
+    Ok((process, mcp_path))
+}
 
 /// `echo-upstream` (this crate's binary) as a child process on a loopback port chosen by the OS.
 #[derive(Debug)]
@@ -19,20 +39,42 @@ pub struct EchoUpstream {
 
 impl EchoUpstream {
     /// Starts `echo-upstream` with extra flags (e.g. `["--require-bearer", "s3cret"]`) and
-    /// waits until it listens. `--listen` defaults to `127.0.0.1:0`.
+    /// waits until it listens.
     pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let mut command = Command::new(paths::workspace_binary("echo-upstream")?);
-        if !args.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
-        }
-        command.args(args);
-        let mcp_path = args
-            .iter()
-            .position(|arg| *arg == "--path")
-            .and_then(|index| args.get(index + 1))
-            .map_or_else(|| "/mcp".to_owned(), |path| (*path).to_owned());
-        let process =
-            ChildProcess::start_listening("echo-upstream", command, LISTENING_LINE_PREFIX).await?;
+        let (process, mcp_path) = start_upstream_binary("echo-upstream", args).await?;
+        Ok(Self { process, mcp_path })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.process.address()
+    }
+
+    /// The MCP endpoint, e.g. `http://127.0.0.1:41234/mcp`.
+    pub fn url(&self) -> String {
+        self.process.http_url(&self.mcp_path)
+    }
+
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    pub fn process_mut(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
+}
+
+/// `conformance-upstream` (this crate's binary, the conformance suite's fixtures) as a child
+/// process on a loopback port chosen by the OS.
+#[derive(Debug)]
+pub struct ConformanceUpstream {
+    process: ChildProcess,
+    mcp_path: String,
+}
+
+impl ConformanceUpstream {
+    /// Starts `conformance-upstream` with extra flags and waits until it listens.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let (process, mcp_path) = start_upstream_binary("conformance-upstream", args).await?;
         Ok(Self { process, mcp_path })
     }
 
