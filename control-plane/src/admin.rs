@@ -200,6 +200,7 @@ fn aggregate_kind_proto(kind: AggregateKind) -> proto::AggregateKind {
         AggregateKind::IdentityProvider => proto::AggregateKind::IdentityProvider,
         AggregateKind::OauthApp => proto::AggregateKind::OauthApp,
         AggregateKind::Credential => proto::AggregateKind::Credential,
+        AggregateKind::Gateway => proto::AggregateKind::Gateway,
     }
 }
 
@@ -259,9 +260,10 @@ fn aggregate_from_proto(aggregate: Option<proto::AggregateRef>) -> Result<Aggreg
         Ok(proto::AggregateKind::IdentityProvider) => AggregateKind::IdentityProvider,
         Ok(proto::AggregateKind::OauthApp) => AggregateKind::OauthApp,
         Ok(proto::AggregateKind::Credential) => AggregateKind::Credential,
+        Ok(proto::AggregateKind::Gateway) => AggregateKind::Gateway,
         Ok(proto::AggregateKind::Unspecified) | Err(_) => {
             return Err(Status::invalid_argument(
-                "aggregate.kind: required: server, identity_provider, oauth_app or credential",
+                "aggregate.kind: required: server, identity_provider, oauth_app, credential or gateway",
             ));
         }
     };
@@ -721,4 +723,87 @@ impl AdminService for AdminApi {
             latest_version,
         }))
     }
+
+    async fn list_gateway_keys(
+        &self,
+        request: Request<proto::ListGatewayKeysRequest>,
+    ) -> Result<Response<proto::GatewayKeys>, Status> {
+        self.authorize(&request, Need::Read)?;
+        let state = self.engine.state();
+        Ok(Response::new(status_view(&state.gateway_keys).into()))
+    }
+
+    async fn rotate_gateway_keys(
+        &self,
+        request: Request<proto::RotateGatewayKeysRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        let principal = self.authorize(&request, Need::Write)?;
+        let request = request.into_inner();
+        let both = !request.signing && !request.sealing;
+        let commands = rotation_commands(request.signing || both, request.sealing || both)
+            .map_err(|error| internal("generating keys", &error))?;
+        let outcome = self
+            .engine
+            .execute(&principal.name, commands, None)
+            .await
+            .map_err(command_status)?;
+        Ok(Response::new(write_reply(outcome)))
+    }
+
+    async fn retire_gateway_key(
+        &self,
+        request: Request<proto::RetireGatewayKeyRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        let principal = self.authorize(&request, Need::Write)?;
+        let kid = request.into_inner().kid;
+        if kid.is_empty() {
+            return Err(Status::invalid_argument("kid: required"));
+        }
+        self.write(&principal, Command::RetireGatewayKey { kid })
+            .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<proto::RevokeUserSessionsRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        let principal = self.authorize(&request, Need::Write)?;
+        let request = request.into_inner();
+        let command = Command::RevokeUserSessions {
+            identity_provider: parse_field(
+                "identity_provider",
+                CatalogId::parse(&request.identity_provider),
+            )?,
+            subject: parse_field("subject", UserId::parse(&request.subject))?,
+            revoked_at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        self.write(&principal, command).await
+    }
+}
+
+/// Commands that make freshly generated keys active.
+pub fn rotation_commands(
+    signing: bool,
+    sealing: bool,
+) -> Result<Vec<Command>, crate::keys::KeyGenerationError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut commands = Vec::new();
+    if signing {
+        let key = crate::keys::generate_signing_key()?;
+        commands.push(Command::AddSigningKey {
+            kid: key.kid,
+            public_jwk: key.public_jwk,
+            private_key: key.private_key,
+            created_at_unix: now,
+        });
+    }
+    if sealing {
+        let (kid, key) = crate::keys::generate_sealing_key()?;
+        commands.push(Command::AddSealingKey {
+            kid,
+            key,
+            created_at_unix: now,
+        });
+    }
+    Ok(commands)
 }

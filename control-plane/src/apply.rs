@@ -80,6 +80,8 @@ fn aggregate_json(state: &State, key: &AggregateKey) -> Option<Value> {
                 "org_value": credential.org_value,
             }))
         }
+        // Not declarative: keys rotate and revocations happen through their own commands.
+        AggregateKind::Gateway => None,
     }
 }
 
@@ -135,6 +137,7 @@ fn field_prefix(key: &AggregateKey) -> String {
         AggregateKind::IdentityProvider => "identity_providers",
         AggregateKind::OauthApp => "oauth_apps",
         AggregateKind::Credential => "credentials",
+        AggregateKind::Gateway => "gateway",
     };
     format!("{section}[{}]", key.id)
 }

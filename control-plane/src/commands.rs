@@ -9,6 +9,9 @@ use portcullis_shared::config::{
 };
 use portcullis_shared::convert::check_header_conflicts;
 use portcullis_shared::error::ErrorCode;
+use portcullis_shared::gateway::{
+    GatewayKeyState, GatewayKeys, SIGNING_ALGORITHM, SealingKey, SigningKey,
+};
 use portcullis_shared::names::{CatalogId, HeaderName, ServerName, UserId};
 use portcullis_shared::secret::{SecretInput, SecretValue};
 use portcullis_shared::snapshot::check_server_references;
@@ -96,6 +99,32 @@ pub enum Command {
         credential_id: CatalogId,
         user: UserId,
         expected_revision: Option<u64>,
+    },
+    /// A freshly generated signing key becomes the active one.
+    AddSigningKey {
+        kid: String,
+        public_jwk: String,
+        private_key: SecretValue,
+        created_at_unix: i64,
+    },
+    /// A freshly generated sealing key becomes the active one.
+    AddSealingKey {
+        kid: String,
+        key: SecretValue,
+        created_at_unix: i64,
+    },
+    RetireGatewayKey {
+        kid: String,
+    },
+    RevokeUserSessions {
+        identity_provider: CatalogId,
+        subject: UserId,
+        revoked_at_unix: i64,
+    },
+    RevokeGrant {
+        grant_id: String,
+        expires_at_unix: i64,
+        reason: String,
     },
 }
 
@@ -382,6 +411,12 @@ impl Command {
             | Command::DeleteUserCredential { credential_id, .. } => {
                 AggregateKey::catalog(AggregateKind::Credential, credential_id)
             }
+            Command::AddSigningKey { .. }
+            | Command::AddSealingKey { .. }
+            | Command::RetireGatewayKey { .. } => AggregateKey::gateway_keys(),
+            Command::RevokeUserSessions { .. } | Command::RevokeGrant { .. } => {
+                AggregateKey::gateway_revocations()
+            }
         }
     }
 
@@ -637,9 +672,123 @@ impl Command {
                     user,
                 }
             }
+            Command::AddSigningKey {
+                kid,
+                public_jwk,
+                private_key,
+                created_at_unix,
+            } => {
+                check_new_kid(state, &kid)?;
+                let key = SigningKey {
+                    kid,
+                    algorithm: SIGNING_ALGORITHM.to_owned(),
+                    private_key: SecretInput::Set(private_key),
+                    public_jwk,
+                    created_at_unix,
+                    state: GatewayKeyState::Active,
+                };
+                let key = sealer.resolve(
+                    GatewayKeys {
+                        signing_keys: vec![key],
+                        sealing_keys: Vec::new(),
+                    },
+                    &BTreeMap::new(),
+                    "",
+                )?;
+                EventPayload::GatewaySigningKeyAdded {
+                    key: key.signing_keys.into_iter().next().expect("one key"),
+                }
+            }
+            Command::AddSealingKey {
+                kid,
+                key,
+                created_at_unix,
+            } => {
+                check_new_kid(state, &kid)?;
+                let key = SealingKey {
+                    kid,
+                    key: SecretInput::Set(key),
+                    created_at_unix,
+                    state: GatewayKeyState::Active,
+                };
+                let keys = sealer.resolve(
+                    GatewayKeys {
+                        signing_keys: Vec::new(),
+                        sealing_keys: vec![key],
+                    },
+                    &BTreeMap::new(),
+                    "",
+                )?;
+                EventPayload::GatewaySealingKeyAdded {
+                    key: keys.sealing_keys.into_iter().next().expect("one key"),
+                }
+            }
+            Command::RetireGatewayKey { kid } => {
+                let keys = &state.gateway_keys;
+                let found = keys
+                    .signing_keys
+                    .iter()
+                    .map(|key| (&key.kid, key.state))
+                    .chain(keys.sealing_keys.iter().map(|key| (&key.kid, key.state)))
+                    .find(|(existing, _)| **existing == kid);
+                match found {
+                    None => {
+                        return Err(CommandError::FieldNotFound {
+                            field: format!("gateway key {kid}"),
+                        });
+                    }
+                    Some((_, GatewayKeyState::Active)) => {
+                        return Err(CommandError::Invalid(ValidationErrors::single(
+                            "kid",
+                            "the active key cannot be retired; rotate first",
+                        )));
+                    }
+                    Some((_, GatewayKeyState::VerifyOnly)) => {}
+                }
+                EventPayload::GatewayKeyRetired { kid }
+            }
+            Command::RevokeUserSessions {
+                identity_provider,
+                subject,
+                revoked_at_unix,
+            } => EventPayload::UserSessionsRevoked {
+                identity_provider,
+                subject,
+                revoked_at_unix,
+            },
+            Command::RevokeGrant {
+                grant_id,
+                expires_at_unix,
+                reason,
+            } => {
+                if grant_id.is_empty() || grant_id.len() > 128 {
+                    return Err(CommandError::Invalid(ValidationErrors::single(
+                        "grant_id",
+                        "must be 1 to 128 bytes",
+                    )));
+                }
+                EventPayload::GrantRevoked {
+                    grant_id,
+                    expires_at_unix,
+                    reason: reason.chars().take(128).collect(),
+                }
+            }
         };
         Ok(sealer.finish(key, payload))
     }
+}
+
+fn check_new_kid(state: &State, kid: &str) -> Result<(), CommandError> {
+    let keys = &state.gateway_keys;
+    if keys.signing_keys.iter().any(|key| key.kid == kid)
+        || keys.sealing_keys.iter().any(|key| key.kid == kid)
+    {
+        return Err(CommandError::Invalid(ValidationErrors::single(
+            "kid",
+            format!("gateway key {kid} already exists"),
+        )));
+    }
+    Ok(())
 }
 
 /// A lone secret at a known field path, so single values go through the same resolution.

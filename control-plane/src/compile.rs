@@ -61,6 +61,16 @@ pub fn compile(state: &State, secrets: &SecretStore) -> Result<CompiledSnapshot,
         let opened = open_all(&org_only, format!("credentials[{id}]"), secrets)?;
         snapshot.credentials.insert(id.clone(), opened);
     }
+    snapshot.gateway_keys = open_all(&state.gateway_keys, "gateway_keys".to_owned(), secrets)?;
+    snapshot.revoked_users = state.revoked_users.clone();
+    // Grants past their expiry need no revocation; nodes would refuse them anyway.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    snapshot.revoked_grants = state
+        .revoked_grants
+        .iter()
+        .filter(|(_, expires)| **expires > now)
+        .map(|(grant, expires)| (grant.clone(), *expires))
+        .collect();
     Ok(CompiledSnapshot {
         version: snapshot.version,
         message: proto::Snapshot::from(&snapshot),

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::access::{AccessList, Role, bearer_token};
+use crate::access::AccessList;
 use crate::compile::CompiledSnapshot;
 use crate::fleet::Fleet;
 
@@ -159,14 +159,7 @@ impl ConfigDiscovery for DiscoveryApi {
         &self,
         request: Request<Streaming<proto::NodeMessage>>,
     ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
-        let principal = bearer_token(request.metadata())
-            .and_then(|token| self.access.authenticate(token))
-            .ok_or_else(|| Status::unauthenticated("missing or invalid node token"))?;
-        if principal.role != Role::Node {
-            return Err(Status::permission_denied(
-                "only node tokens may stream snapshots",
-            ));
-        }
+        crate::runtime::authenticate_node(request.metadata(), &self.access)?;
         let (outbound, receiver) = mpsc::channel(PUSH_QUEUE);
         tokio::spawn(serve_node(
             request.into_inner(),

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use portcullis_shared::config::{
     AgentAuth, AppAuth, IdentityProvider, McpServer, OAuthApp, OutboundHeader,
 };
+use portcullis_shared::gateway::{SealingKey, SigningKey};
 use portcullis_shared::names::{CatalogId, HeaderName, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -24,6 +25,8 @@ pub enum AggregateKind {
     IdentityProvider,
     OauthApp,
     Credential,
+    /// The gateway's own authorization server: `gateway/keys`, `gateway/revocations`.
+    Gateway,
 }
 
 impl AggregateKind {
@@ -33,6 +36,7 @@ impl AggregateKind {
             AggregateKind::IdentityProvider => "identity_provider",
             AggregateKind::OauthApp => "oauth_app",
             AggregateKind::Credential => "credential",
+            AggregateKind::Gateway => "gateway",
         }
     }
 
@@ -43,6 +47,7 @@ impl AggregateKind {
             AggregateKind::IdentityProvider => "identity provider",
             AggregateKind::OauthApp => "OAuth app",
             AggregateKind::Credential => "stored credential",
+            AggregateKind::Gateway => "gateway",
         }
     }
 }
@@ -69,6 +74,22 @@ impl AggregateKey {
             id: id.to_string(),
         }
     }
+
+    /// The gateway's keys.
+    pub fn gateway_keys() -> Self {
+        Self {
+            kind: AggregateKind::Gateway,
+            id: "keys".to_owned(),
+        }
+    }
+
+    /// Signed-out users and revoked grants.
+    pub fn gateway_revocations() -> Self {
+        Self {
+            kind: AggregateKind::Gateway,
+            id: "revocations".to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for AggregateKey {
@@ -89,6 +110,7 @@ impl FromStr for AggregateKey {
             "identity_provider" => AggregateKind::IdentityProvider,
             "oauth_app" => AggregateKind::OauthApp,
             "credential" => AggregateKind::Credential,
+            "gateway" => AggregateKind::Gateway,
             other => return Err(format!("unknown aggregate kind {other:?}")),
         };
         Ok(Self {
@@ -169,6 +191,27 @@ pub enum EventPayload {
         credential_id: CatalogId,
         user: UserId,
     },
+    /// A new active signing key; the previous active one becomes verify-only.
+    GatewaySigningKeyAdded {
+        key: SigningKey<SealedSecret>,
+    },
+    /// A new active sealing key; the previous active one becomes verify-only.
+    GatewaySealingKeyAdded {
+        key: SealingKey<SealedSecret>,
+    },
+    GatewayKeyRetired {
+        kid: String,
+    },
+    UserSessionsRevoked {
+        identity_provider: CatalogId,
+        subject: UserId,
+        revoked_at_unix: i64,
+    },
+    GrantRevoked {
+        grant_id: String,
+        expires_at_unix: i64,
+        reason: String,
+    },
 }
 
 impl EventPayload {
@@ -189,6 +232,11 @@ impl EventPayload {
             EventPayload::CredentialDeleted { .. } => "credential_deleted",
             EventPayload::UserCredentialSet { .. } => "user_credential_set",
             EventPayload::UserCredentialDeleted { .. } => "user_credential_deleted",
+            EventPayload::GatewaySigningKeyAdded { .. } => "gateway_signing_key_added",
+            EventPayload::GatewaySealingKeyAdded { .. } => "gateway_sealing_key_added",
+            EventPayload::GatewayKeyRetired { .. } => "gateway_key_retired",
+            EventPayload::UserSessionsRevoked { .. } => "user_sessions_revoked",
+            EventPayload::GrantRevoked { .. } => "grant_revoked",
         }
     }
 
@@ -263,6 +311,21 @@ impl EventPayload {
                 credential_id,
                 user,
             } => format!("deleted {user}'s value of stored credential {credential_id}"),
+            EventPayload::GatewaySigningKeyAdded { key } => {
+                format!("added gateway signing key {} ({})", key.kid, key.algorithm)
+            }
+            EventPayload::GatewaySealingKeyAdded { key } => {
+                format!("added gateway sealing key {}", key.kid)
+            }
+            EventPayload::GatewayKeyRetired { kid } => format!("retired gateway key {kid}"),
+            EventPayload::UserSessionsRevoked {
+                identity_provider,
+                subject,
+                ..
+            } => format!("signed out {subject} ({identity_provider}) everywhere"),
+            EventPayload::GrantRevoked {
+                grant_id, reason, ..
+            } => format!("revoked grant {grant_id} ({reason})"),
         }
     }
 }

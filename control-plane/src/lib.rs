@@ -11,6 +11,8 @@ pub mod discovery;
 pub mod engine;
 pub mod events;
 pub mod fleet;
+pub mod keys;
+pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod state;

@@ -15,7 +15,9 @@ use crate::admin::AdminApi;
 use crate::discovery::DiscoveryApi;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::fleet::Fleet;
+use crate::runtime::{OnceStore, RuntimeApi, spawn_sweeper};
 use crate::secrets::{MasterKey, SecretError};
+use portcullis_proto::v1::node_runtime_server::NodeRuntimeServer;
 
 /// Validated control-plane settings.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub enum StartError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot build reflection service: {0}")]
     Reflection(String),
+    #[error("cannot create the gateway keys: {0}")]
+    Bootstrap(String),
 }
 
 impl StartError {
@@ -45,7 +49,10 @@ impl StartError {
         match self {
             StartError::MasterKey(_) | StartError::Access(_) => true,
             StartError::Engine(EngineError::Secret(SecretError::WrongMasterKey { .. })) => true,
-            StartError::Engine(_) | StartError::Serve(_) | StartError::Reflection(_) => false,
+            StartError::Engine(_)
+            | StartError::Serve(_)
+            | StartError::Reflection(_)
+            | StartError::Bootstrap(_) => false,
         }
     }
 }
@@ -55,10 +62,15 @@ pub struct ControlPlane {
     pub engine: Arc<Engine>,
     pub access: Arc<AccessList>,
     pub fleet: Arc<Fleet>,
+    pub once: Arc<OnceStore>,
 }
 
 impl ControlPlane {
-    pub fn open(config: &ControlPlaneConfig, master_key: MasterKey) -> Result<Self, StartError> {
+    /// Opens the data directory and, on first start, generates the gateway's keys.
+    pub async fn open(
+        config: &ControlPlaneConfig,
+        master_key: MasterKey,
+    ) -> Result<Self, StartError> {
         let access = Arc::new(AccessList::load(&config.access_file)?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|error| StartError::Engine(EngineError::Thread(error)))?;
@@ -67,10 +79,15 @@ impl ControlPlane {
             master_key,
             config.engine.clone(),
         )?);
+        let once = Arc::new(OnceStore::open(engine.store().db()).map_err(|error| {
+            StartError::Engine(EngineError::Store(crate::store::StoreError::Sled(error)))
+        })?);
+        bootstrap_gateway_keys(&engine).await?;
         Ok(Self {
             engine,
             access,
             fleet: Arc::new(Fleet::default()),
+            once,
         })
     }
 
@@ -93,6 +110,8 @@ impl ControlPlane {
             .build_v1()
             .map_err(|error| StartError::Reflection(error.to_string()))?;
         let admin = AdminApi::new(self.engine.clone(), self.access.clone(), self.fleet.clone());
+        let runtime = RuntimeApi::new(self.engine.clone(), self.access.clone(), self.once.clone());
+        spawn_sweeper(self.once.clone());
         let discovery = DiscoveryApi::new(
             self.engine.subscribe_snapshots(),
             self.access.clone(),
@@ -103,10 +122,30 @@ impl ControlPlane {
             .add_service(reflection)
             .add_service(AdminServiceServer::new(admin))
             .add_service(ConfigDiscoveryServer::new(discovery))
+            .add_service(NodeRuntimeServer::new(runtime))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())
     }
+}
+
+/// Generates a signing and a sealing key when the log has none, so the gateway's
+/// authorization server works from the first start.
+async fn bootstrap_gateway_keys(engine: &Engine) -> Result<(), StartError> {
+    let state = engine.state();
+    let signing = state.gateway_keys.active_signing_key().is_none();
+    let sealing = state.gateway_keys.active_sealing_key().is_none();
+    if !signing && !sealing {
+        return Ok(());
+    }
+    let commands = crate::admin::rotation_commands(signing, sealing)
+        .map_err(|error| StartError::Bootstrap(error.to_string()))?;
+    engine
+        .execute("system:bootstrap", commands, None)
+        .await
+        .map_err(|error| StartError::Bootstrap(error.to_string()))?;
+    tracing::info!("generated the gateway's first signing and sealing keys");
+    Ok(())
 }
 
 /// Resolves once the process is asked to stop (ctrl-c or SIGTERM).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use portcullis_shared::config::{
     IdentityProvider, McpServer, OAuthApp, StoredCredential, WithSecrets,
 };
+use portcullis_shared::gateway::{GatewayKeyState, GatewayKeys, RevokedGrants, RevokedUsers};
 use portcullis_shared::names::{CatalogId, ServerName};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -34,6 +35,12 @@ pub struct State {
     /// Number of events per aggregate, for optimistic concurrency. Survives deletion, so a
     /// re-created aggregate continues its count.
     pub aggregate_revisions: BTreeMap<AggregateKey, u64>,
+    #[serde(default)]
+    pub gateway_keys: GatewayKeys<SealedSecret>,
+    #[serde(default)]
+    pub revoked_users: RevokedUsers,
+    #[serde(default)]
+    pub revoked_grants: RevokedGrants,
 }
 
 /// An event that cannot be applied to the state it follows: the log is inconsistent.
@@ -72,6 +79,7 @@ impl State {
             AggregateKind::Credential => catalog(&key.id)
                 .map(|id| self.credentials.contains_key(&id))
                 .unwrap_or(false),
+            AggregateKind::Gateway => true,
         }
     }
 
@@ -95,6 +103,13 @@ impl State {
             AggregateKind::Credential => catalog(&key.id)
                 .map(|id| ids(self.credentials.get(&id)))
                 .unwrap_or_default(),
+            AggregateKind::Gateway if *key == AggregateKey::gateway_keys() => self
+                .gateway_keys
+                .secret_paths()
+                .into_values()
+                .map(|secret| secret.id)
+                .collect(),
+            AggregateKind::Gateway => BTreeSet::new(),
         }
     }
 
@@ -223,6 +238,51 @@ impl State {
                     .remove(user)
                     .ok_or_else(|| fail(format!("no value of {user}")))?;
             }
+            EventPayload::GatewaySigningKeyAdded { key } => {
+                for existing in &mut self.gateway_keys.signing_keys {
+                    existing.state = GatewayKeyState::VerifyOnly;
+                }
+                self.gateway_keys.signing_keys.push(key.clone());
+            }
+            EventPayload::GatewaySealingKeyAdded { key } => {
+                for existing in &mut self.gateway_keys.sealing_keys {
+                    existing.state = GatewayKeyState::VerifyOnly;
+                }
+                self.gateway_keys.sealing_keys.push(key.clone());
+            }
+            EventPayload::GatewayKeyRetired { kid } => {
+                let before =
+                    self.gateway_keys.signing_keys.len() + self.gateway_keys.sealing_keys.len();
+                self.gateway_keys.signing_keys.retain(|key| &key.kid != kid);
+                self.gateway_keys.sealing_keys.retain(|key| &key.kid != kid);
+                if self.gateway_keys.signing_keys.len() + self.gateway_keys.sealing_keys.len()
+                    == before
+                {
+                    return Err(fail(format!("no gateway key {kid}")));
+                }
+            }
+            EventPayload::UserSessionsRevoked {
+                identity_provider,
+                subject,
+                revoked_at_unix,
+            } => {
+                self.revoked_users.insert(
+                    (identity_provider.clone(), subject.clone()),
+                    *revoked_at_unix,
+                );
+            }
+            EventPayload::GrantRevoked {
+                grant_id,
+                expires_at_unix,
+                ..
+            } => {
+                // Grants past their expiry need no revocation any more; pruning by the
+                // event's own time keeps replay deterministic.
+                let now = event.time.unix_timestamp();
+                self.revoked_grants.retain(|_, expires| *expires > now);
+                self.revoked_grants
+                    .insert(grant_id.clone(), *expires_at_unix);
+            }
         }
         self.revision = event.sequence;
         if event.payload.affects_snapshot() {
@@ -260,7 +320,7 @@ impl State {
                         OutboundSource::VaultCredential { credential_id, .. } if credential_id == id
                     )
                 }),
-                AggregateKind::Server => false,
+                AggregateKind::Server | AggregateKind::Gateway => false,
             })
             .map(|server| server.name.clone())
             .collect()

@@ -211,8 +211,9 @@ fn apply_export_and_apply_again_gives_an_empty_plan() {
     assert!(plan.contains("+ create credential dd-user-key"), "{plan}");
     assert!(plan.contains("dry run: nothing applied"), "{plan}");
     assert_no_secret(&plan);
+    // The first start generated the gateway's signing and sealing keys: revisions 1 and 2.
     let listed = succeeded(&control_plane.ctl(&["server", "list"]));
-    assert_eq!(listed, "no servers (revision 0)\n");
+    assert_eq!(listed, "no servers (revision 2)\n");
 
     let applied = succeeded(&control_plane.ctl(&["apply", "-f", document]));
     assert!(applied.contains("+ create server datadog"), "{applied}");
@@ -312,7 +313,7 @@ fn failures_have_their_exit_codes() {
         "--app-passthrough",
     ]));
     assert!(
-        created.starts_with("created server open (revision 1,"),
+        created.starts_with("created server open (revision 3,"),
         "{created}"
     );
     let duplicate = control_plane.ctl(&[

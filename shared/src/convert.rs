@@ -1145,3 +1145,219 @@ pub fn stored_credential_to_proto(
             .collect(),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Gateway keys and revocations.
+
+use crate::gateway::{
+    GatewayKeyState, GatewayKeys, RevokedGrants, RevokedUsers, SIGNING_ALGORITHM, SealingKey,
+    SigningKey,
+};
+
+fn key_state(errors: &mut ValidationErrors, field: &str, state: i32) -> GatewayKeyState {
+    match proto::GatewayKeyState::try_from(state) {
+        Ok(proto::GatewayKeyState::Active) => GatewayKeyState::Active,
+        Ok(proto::GatewayKeyState::VerifyOnly) => GatewayKeyState::VerifyOnly,
+        Ok(proto::GatewayKeyState::Unspecified) | Err(_) => {
+            errors.push(field, "required: active or verify_only");
+            GatewayKeyState::VerifyOnly
+        }
+    }
+}
+
+fn key_state_proto(state: GatewayKeyState) -> i32 {
+    match state {
+        GatewayKeyState::Active => proto::GatewayKeyState::Active as i32,
+        GatewayKeyState::VerifyOnly => proto::GatewayKeyState::VerifyOnly as i32,
+    }
+}
+
+/// Converts gateway keys, checking ids, algorithms, public keys and that at most one key of
+/// each kind is active.
+pub fn gateway_keys_from_proto(
+    keys: proto::GatewayKeys,
+) -> Result<GatewayKeys<SecretInput>, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let mut parsed = GatewayKeys::default();
+    let mut kids = BTreeSet::new();
+    for key in keys.signing_keys {
+        let field = format!("signing_keys[{}]", key.kid);
+        if key.kid.is_empty()
+            || key.kid.len() > 64
+            || !key.kid.bytes().all(|b| b.is_ascii_graphic())
+        {
+            errors.push(&field, "kid must be 1 to 64 visible ASCII characters");
+        } else if !kids.insert(key.kid.clone()) {
+            errors.push(&field, "duplicate kid");
+        }
+        if key.algorithm != SIGNING_ALGORITHM {
+            errors.push(
+                format!("{field}.algorithm"),
+                format!("must be {SIGNING_ALGORITHM}"),
+            );
+        }
+        match serde_json::from_str::<jsonwebtoken::jwk::Jwk>(&key.public_jwk) {
+            Ok(jwk) => {
+                if !matches!(
+                    jwk.algorithm,
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)
+                ) || jsonwebtoken::DecodingKey::from_jwk(&jwk).is_err()
+                {
+                    errors.push(format!("{field}.public_jwk"), "not an EC public key");
+                }
+            }
+            Err(error) => errors.push(
+                format!("{field}.public_jwk"),
+                format!("malformed JWK: {error}"),
+            ),
+        }
+        let state = key_state(&mut errors, &format!("{field}.state"), key.state);
+        let private_key = secret_field(
+            &mut errors,
+            &format!("{field}.private_key"),
+            key.private_key,
+            SecretUse::Opaque,
+        );
+        parsed.signing_keys.push(SigningKey {
+            kid: key.kid,
+            algorithm: key.algorithm,
+            private_key,
+            public_jwk: key.public_jwk,
+            created_at_unix: key.created_at_unix,
+            state,
+        });
+    }
+    for key in keys.sealing_keys {
+        let field = format!("sealing_keys[{}]", key.kid);
+        if key.kid.is_empty()
+            || key.kid.len() > 64
+            || !key.kid.bytes().all(|b| b.is_ascii_graphic())
+        {
+            errors.push(&field, "kid must be 1 to 64 visible ASCII characters");
+        } else if !kids.insert(key.kid.clone()) {
+            errors.push(&field, "duplicate kid");
+        }
+        let state = key_state(&mut errors, &format!("{field}.state"), key.state);
+        let secret = secret_field(
+            &mut errors,
+            &format!("{field}.key"),
+            key.key,
+            SecretUse::Opaque,
+        );
+        parsed.sealing_keys.push(SealingKey {
+            kid: key.kid,
+            key: secret,
+            created_at_unix: key.created_at_unix,
+            state,
+        });
+    }
+    let active_signing = parsed
+        .signing_keys
+        .iter()
+        .filter(|key| key.state == GatewayKeyState::Active)
+        .count();
+    let active_sealing = parsed
+        .sealing_keys
+        .iter()
+        .filter(|key| key.state == GatewayKeyState::Active)
+        .count();
+    if active_signing > 1 {
+        errors.push("signing_keys", "more than one active key");
+    }
+    if active_sealing > 1 {
+        errors.push("sealing_keys", "more than one active key");
+    }
+    errors.into_result(parsed)
+}
+
+impl From<GatewayKeys<proto::Secret>> for proto::GatewayKeys {
+    fn from(keys: GatewayKeys<proto::Secret>) -> Self {
+        proto::GatewayKeys {
+            signing_keys: keys
+                .signing_keys
+                .into_iter()
+                .map(|key| proto::SigningKey {
+                    kid: key.kid,
+                    algorithm: key.algorithm,
+                    private_key: Some(key.private_key),
+                    public_jwk: key.public_jwk,
+                    created_at_unix: key.created_at_unix,
+                    state: key_state_proto(key.state),
+                })
+                .collect(),
+            sealing_keys: keys
+                .sealing_keys
+                .into_iter()
+                .map(|key| proto::SealingKey {
+                    kid: key.kid,
+                    key: Some(key.key),
+                    created_at_unix: key.created_at_unix,
+                    state: key_state_proto(key.state),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn revoked_users_from_proto(
+    users: Vec<proto::RevokedUser>,
+) -> Result<RevokedUsers, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let mut parsed = RevokedUsers::new();
+    for (index, user) in users.into_iter().enumerate() {
+        let field = format!("revoked_users[{index}]");
+        let idp = collect(
+            &mut errors,
+            &format!("{field}.identity_provider"),
+            CatalogId::parse(&user.identity_provider),
+        );
+        let subject = collect(
+            &mut errors,
+            &format!("{field}.subject"),
+            crate::names::UserId::parse(&user.subject),
+        );
+        if let (Some(idp), Some(subject)) = (idp, subject) {
+            parsed.insert((idp, subject), user.revoked_at_unix);
+        }
+    }
+    errors.into_result(parsed)
+}
+
+pub fn revoked_users_to_proto(users: &RevokedUsers) -> Vec<proto::RevokedUser> {
+    users
+        .iter()
+        .map(|((idp, subject), at)| proto::RevokedUser {
+            identity_provider: idp.to_string(),
+            subject: subject.to_string(),
+            revoked_at_unix: *at,
+        })
+        .collect()
+}
+
+pub fn revoked_grants_from_proto(
+    grants: Vec<proto::RevokedGrant>,
+) -> Result<RevokedGrants, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let mut parsed = RevokedGrants::new();
+    for (index, grant) in grants.into_iter().enumerate() {
+        if grant.grant_id.is_empty() || grant.grant_id.len() > 128 {
+            errors.push(
+                format!("revoked_grants[{index}].grant_id"),
+                "must be 1 to 128 bytes",
+            );
+        } else {
+            parsed.insert(grant.grant_id, grant.expires_at_unix);
+        }
+    }
+    errors.into_result(parsed)
+}
+
+pub fn revoked_grants_to_proto(grants: &RevokedGrants) -> Vec<proto::RevokedGrant> {
+    grants
+        .iter()
+        .map(|(grant_id, expires)| proto::RevokedGrant {
+            grant_id: grant_id.clone(),
+            expires_at_unix: *expires,
+        })
+        .collect()
+}

@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod crypto;
 pub mod error;
+pub mod gateway;
 pub mod glob;
 pub mod names;
 pub mod secret;

@@ -8,7 +8,12 @@ use crate::config::{
     AgentAuthMode, AppAuth, IdentityProvider, McpServer, OAuthApp, OutboundSource,
     StoredCredential, WithSecrets,
 };
-use crate::convert::{secret_plaintext_proto, stored_credential_from_proto};
+use crate::convert::{
+    gateway_keys_from_proto, revoked_grants_from_proto, revoked_grants_to_proto,
+    revoked_users_from_proto, revoked_users_to_proto, secret_plaintext_proto,
+    stored_credential_from_proto,
+};
+use crate::gateway::{GatewayKeys, RevokedGrants, RevokedUsers};
 use crate::names::{CatalogId, ServerName};
 use crate::secret::{SecretInput, SecretValue};
 use crate::validate::ValidationErrors;
@@ -25,6 +30,9 @@ pub struct Snapshot {
     pub identity_providers: BTreeMap<CatalogId, IdentityProvider<SecretValue>>,
     pub oauth_apps: BTreeMap<CatalogId, OAuthApp<SecretValue>>,
     pub credentials: BTreeMap<CatalogId, StoredCredential<SecretValue>>,
+    pub gateway_keys: GatewayKeys<SecretValue>,
+    pub revoked_users: RevokedUsers,
+    pub revoked_grants: RevokedGrants,
 }
 
 /// Checks that a server only references catalog entries that exist.
@@ -189,6 +197,39 @@ impl TryFrom<proto::Snapshot> for Snapshot {
             |server| server.name.clone(),
             &mut parsed.servers,
         );
+        match snapshot
+            .gateway_keys
+            .map(gateway_keys_from_proto)
+            .transpose()
+        {
+            Ok(Some(keys)) => {
+                let mut missing = Vec::new();
+                match keys.try_map_secrets(&mut |path, input| match input {
+                    SecretInput::Set(value) => Ok(value),
+                    SecretInput::Keep => {
+                        missing.push(path);
+                        Err(())
+                    }
+                }) {
+                    Ok(keys) => parsed.gateway_keys = keys,
+                    Err(()) => {
+                        for path in missing {
+                            errors.push(format!("gateway_keys.{path}"), "secret value missing");
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(nested) => errors.extend_prefixed("gateway_keys", nested),
+        }
+        match revoked_users_from_proto(snapshot.revoked_users) {
+            Ok(users) => parsed.revoked_users = users,
+            Err(nested) => errors.extend_prefixed("", nested),
+        }
+        match revoked_grants_from_proto(snapshot.revoked_grants) {
+            Ok(grants) => parsed.revoked_grants = grants,
+            Err(nested) => errors.extend_prefixed("", nested),
+        }
         for server in parsed.servers.values() {
             let references = check_server_references(
                 server,
@@ -245,6 +286,15 @@ impl From<&Snapshot> for proto::Snapshot {
                     user_values: Vec::new(),
                 })
                 .collect(),
+            gateway_keys: Some(
+                snapshot
+                    .gateway_keys
+                    .clone()
+                    .map_secrets(|s| secret_plaintext_proto(&s))
+                    .into(),
+            ),
+            revoked_users: revoked_users_to_proto(&snapshot.revoked_users),
+            revoked_grants: revoked_grants_to_proto(&snapshot.revoked_grants),
         }
     }
 }

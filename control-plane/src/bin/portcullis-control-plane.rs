@@ -142,7 +142,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let control_plane = match ControlPlane::open(&config, master_key) {
+        let control_plane = match ControlPlane::open(&config, master_key).await {
             Ok(control_plane) => control_plane,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -78,6 +78,35 @@ pub enum Command {
     Export(ExportArgs),
     /// Data-plane nodes and the snapshot version each one runs
     Fleet(OutputArgs),
+    /// The gateway's own authorization server: signing and sealing keys, sign-outs
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// The signing and sealing keys, with their states (private halves are never shown)
+    Keys(OutputArgs),
+    /// Make new keys active; the previous ones keep verifying until retired
+    Rotate {
+        /// Rotate the signing key (access tokens for MCP clients)
+        #[arg(long)]
+        signing: bool,
+        /// Rotate the sealing key (codes, registrations, refresh tokens); with neither
+        /// flag, both are rotated
+        #[arg(long)]
+        sealing: bool,
+    },
+    /// Remove a verify-only key: what it signed or sealed stops being accepted
+    Retire { kid: String },
+    /// Sign a user out everywhere: every gateway token and grant issued so far is refused
+    RevokeUser {
+        /// The identity provider the user signs in with
+        #[arg(long = "idp")]
+        identity_provider: String,
+        /// The user's subject (user id) at that identity provider
+        subject: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Args)]
@@ -606,6 +635,8 @@ pub enum AggregateKindArg {
     Idp,
     App,
     Credential,
+    /// `gateway keys` or `gateway revocations`
+    Gateway,
 }
 
 #[derive(Debug, Args)]

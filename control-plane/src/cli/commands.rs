@@ -13,8 +13,9 @@ use serde::Serialize;
 use super::args::{
     AgentAuthCommand, AggregateKindArg, AppAuthCommand, AppCommand, AppPutArgs, ApplyArgs,
     ClientCredentialsArgs, Command, ConnectionArgs, CredentialCommand, CredentialPutArgs,
-    ExportArgs, HeaderAddArgs, HeaderCommand, HeaderPattern, IdpCommand, IdpPutArgs, OutputArgs,
-    PageArgs, ReadArgs, ServerCommand, ServerCreateArgs, ServerUpdateArgs, WriteArgs,
+    ExportArgs, GatewayCommand, HeaderAddArgs, HeaderCommand, HeaderPattern, IdpCommand,
+    IdpPutArgs, OutputArgs, PageArgs, ReadArgs, ServerCommand, ServerCreateArgs, ServerUpdateArgs,
+    WriteArgs,
 };
 use super::client::{AdminClient, connect};
 use super::document::{
@@ -120,6 +121,7 @@ pub async fn run(command: Command, session: &mut Session<'_>) -> Result<(), CliE
                     AggregateKindArg::Idp => proto::AggregateKind::IdentityProvider,
                     AggregateKindArg::App => proto::AggregateKind::OauthApp,
                     AggregateKindArg::Credential => proto::AggregateKind::Credential,
+                    AggregateKindArg::Gateway => proto::AggregateKind::Gateway,
                 } as i32,
                 id: args.id.clone(),
             };
@@ -141,6 +143,7 @@ pub async fn run(command: Command, session: &mut Session<'_>) -> Result<(), CliE
         Command::State(args) => state(session, args.read).await,
         Command::Apply(args) => apply(session, args).await,
         Command::Export(args) => export(session, args).await,
+        Command::Gateway(command) => gateway(session, command).await,
         Command::Fleet(output) => {
             let reply = session
                 .client()
@@ -1301,6 +1304,69 @@ async fn export(session: &mut Session<'_>, args: ExportArgs) -> Result<(), CliEr
             session.print(&format!(
                 "exported revision {revision} to {}\n",
                 path.display()
+            ))
+        }
+    }
+}
+
+async fn gateway(session: &mut Session<'_>, command: GatewayCommand) -> Result<(), CliError> {
+    match command {
+        GatewayCommand::Keys(output) => {
+            let keys = session
+                .client()
+                .await?
+                .list_gateway_keys(proto::ListGatewayKeysRequest {})
+                .await?
+                .into_inner();
+            let view = output::GatewayKeysView::from(&keys);
+            match output.format {
+                OutputFormat::Text => session.print(&output::gateway_keys(&view)),
+                format => session.print_structured(format, &view),
+            }
+        }
+        GatewayCommand::Rotate { signing, sealing } => {
+            let reply = session
+                .client()
+                .await?
+                .rotate_gateway_keys(proto::RotateGatewayKeysRequest { signing, sealing })
+                .await?
+                .into_inner();
+            let which = match (signing, sealing) {
+                (true, false) => "signing key",
+                (false, true) => "sealing key",
+                _ => "signing and sealing keys",
+            };
+            session.print(&format!(
+                "rotated the gateway {which} (revision {}); the previous keys verify until retired\n",
+                reply.revision
+            ))
+        }
+        GatewayCommand::Retire { kid } => {
+            let reply = session
+                .client()
+                .await?
+                .retire_gateway_key(proto::RetireGatewayKeyRequest { kid: kid.clone() })
+                .await?
+                .into_inner();
+            session.print(&output::write_reply("retired", "gateway key", &kid, &reply))
+        }
+        GatewayCommand::RevokeUser {
+            identity_provider,
+            subject,
+        } => {
+            let reply = session
+                .client()
+                .await?
+                .revoke_user_sessions(proto::RevokeUserSessionsRequest {
+                    identity_provider,
+                    subject: subject.clone(),
+                })
+                .await?
+                .into_inner();
+            session.print(&format!(
+                "signed {} out everywhere (revision {})\n",
+                output::printable(&subject),
+                reply.revision
             ))
         }
     }

@@ -597,6 +597,7 @@ pub fn aggregate_kind_name(kind: i32) -> &'static str {
         Ok(proto::AggregateKind::IdentityProvider) => "identity-provider",
         Ok(proto::AggregateKind::OauthApp) => "oauth-app",
         Ok(proto::AggregateKind::Credential) => "credential",
+        Ok(proto::AggregateKind::Gateway) => "gateway",
         Ok(proto::AggregateKind::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -1063,4 +1064,76 @@ mod tests {
             "{text}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway keys.
+
+#[derive(Debug, Serialize)]
+pub struct GatewayKeyView {
+    pub kind: &'static str,
+    pub kid: String,
+    pub algorithm: String,
+    pub state: &'static str,
+    pub created_at_unix: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GatewayKeysView {
+    pub keys: Vec<GatewayKeyView>,
+}
+
+fn key_state_name(state: i32) -> &'static str {
+    match proto::GatewayKeyState::try_from(state) {
+        Ok(proto::GatewayKeyState::Active) => "active",
+        Ok(proto::GatewayKeyState::VerifyOnly) => "verify-only",
+        Ok(proto::GatewayKeyState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+impl From<&proto::GatewayKeys> for GatewayKeysView {
+    fn from(keys: &proto::GatewayKeys) -> Self {
+        let signing = keys.signing_keys.iter().map(|key| GatewayKeyView {
+            kind: "signing",
+            kid: key.kid.clone(),
+            algorithm: key.algorithm.clone(),
+            state: key_state_name(key.state),
+            created_at_unix: key.created_at_unix,
+        });
+        let sealing = keys.sealing_keys.iter().map(|key| GatewayKeyView {
+            kind: "sealing",
+            kid: key.kid.clone(),
+            algorithm: "A256GCM".to_owned(),
+            state: key_state_name(key.state),
+            created_at_unix: key.created_at_unix,
+        });
+        Self {
+            keys: signing.chain(sealing).collect(),
+        }
+    }
+}
+
+pub fn gateway_keys(view: &GatewayKeysView) -> String {
+    let mut out = format!(
+        "{:<8} {:<24} {:<8} {:<12} {}\n",
+        "KIND", "KID", "ALG", "STATE", "CREATED"
+    );
+    for key in &view.keys {
+        let created = time::OffsetDateTime::from_unix_timestamp(key.created_at_unix)
+            .ok()
+            .and_then(|time| {
+                time.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| key.created_at_unix.to_string());
+        out.push_str(&format!(
+            "{:<8} {:<24} {:<8} {:<12} {}\n",
+            key.kind,
+            printable(&key.kid),
+            printable(&key.algorithm),
+            key.state,
+            created
+        ));
+    }
+    out
 }

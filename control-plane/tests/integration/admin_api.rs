@@ -5,8 +5,9 @@ use portcullis_proto::v1 as proto;
 use tonic::Code;
 
 use crate::common::{
-    ADMIN_TOKEN, AUDITOR_TOKEN, InProcess, NODE_TOKEN, admin, api_key_auth, authed, bearer_auth,
-    datadog_server, identity_provider, oauth_app, passthrough_agent, plaintext, status_of,
+    ADMIN_TOKEN, AUDITOR_TOKEN, BOOTSTRAP_REVISION, InProcess, NODE_TOKEN, admin, api_key_auth,
+    authed, bearer_auth, datadog_server, identity_provider, oauth_app, passthrough_agent,
+    plaintext, status_of,
 };
 
 async fn revision(
@@ -62,7 +63,10 @@ async fn every_command_round_trips_over_grpc() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((reply.revision, reply.aggregate_revision), (1, 1));
+    assert_eq!(
+        (reply.revision, reply.aggregate_revision),
+        (BOOTSTRAP_REVISION + 1, 1)
+    );
     client
         .put_o_auth_app(admin(proto::PutOAuthAppRequest {
             oauth_app: Some(oauth_app("github")),
@@ -165,7 +169,7 @@ async fn every_command_round_trips_over_grpc() {
     let at_creation = client
         .get_server(admin(proto::GetServerRequest {
             name: "datadog".into(),
-            at_revision: Some(5),
+            at_revision: Some(BOOTSTRAP_REVISION + 5),
         }))
         .await
         .unwrap()
@@ -300,7 +304,7 @@ async fn every_command_round_trips_over_grpc() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(state.revision, 15);
+    assert_eq!(state.revision, BOOTSTRAP_REVISION + 15);
     assert!(state.servers.is_empty() && state.credentials.is_empty());
     let fleet = client
         .fleet_status(admin(proto::FleetStatusRequest {}))
@@ -648,7 +652,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(state.revision, 0);
+    assert_eq!(state.revision, BOOTSTRAP_REVISION);
     let desired = proto::ConfigState {
         servers: vec![datadog_server("datadog", "k")],
         ..Default::default()
@@ -681,7 +685,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert_eq!(revision(&mut client).await, 0);
+    assert_eq!(revision(&mut client).await, BOOTSTRAP_REVISION);
     let _ = ADMIN_TOKEN;
 }
 
@@ -734,14 +738,14 @@ async fn apply_plans_applies_and_then_has_nothing_to_do() {
         .into_inner();
     assert_eq!(plan.changes.len(), 5);
     assert!(!plan.applied);
-    assert_eq!(revision(&mut client).await, 0);
+    assert_eq!(revision(&mut client).await, BOOTSTRAP_REVISION);
     let applied = client
         .apply(apply(false, desired.clone()))
         .await
         .unwrap()
         .into_inner();
     assert!(applied.applied);
-    assert_eq!(applied.revision, 5);
+    assert_eq!(applied.revision, BOOTSTRAP_REVISION + 5);
     // The same document again, secrets included: nothing to do.
     let again = client
         .apply(apply(false, desired.clone()))
@@ -782,7 +786,7 @@ async fn apply_plans_applies_and_then_has_nothing_to_do() {
             desired: Some(proto::ConfigState::default()),
             dry_run: false,
             prune: true,
-            expected_revision: Some(5),
+            expected_revision: Some(BOOTSTRAP_REVISION + 5),
         }))
         .await
         .unwrap()
@@ -801,7 +805,7 @@ async fn apply_plans_applies_and_then_has_nothing_to_do() {
             desired: Some(desired),
             dry_run: false,
             prune: false,
-            expected_revision: Some(5),
+            expected_revision: Some(BOOTSTRAP_REVISION + 5),
         }))
         .await
         .unwrap_err();

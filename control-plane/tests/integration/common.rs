@@ -19,6 +19,10 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const AUDITOR_TOKEN: &str = "auditor-token-for-tests";
 pub const NODE_TOKEN: &str = "node-token-for-tests";
 
+/// A fresh control plane starts by generating the gateway's signing and sealing keys, two
+/// events.
+pub const BOOTSTRAP_REVISION: u64 = 2;
+
 pub fn master_key_text() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
 }
@@ -58,7 +62,7 @@ impl InProcess {
             access_file: write_access_file(dir.path()),
             engine: EngineOptions::default(),
         };
-        let control_plane = ControlPlane::open(&config, master_key()).unwrap();
+        let control_plane = ControlPlane::open(&config, master_key()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();

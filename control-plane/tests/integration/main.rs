@@ -5,4 +5,5 @@ mod admin_api;
 mod common;
 mod crash;
 mod event_store;
+mod gateway;
 mod secrets_at_rest;

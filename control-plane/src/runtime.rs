@@ -1,0 +1,197 @@
+//! Calls nodes make while serving: one-time values that must be used once across the whole
+//! fleet (authorization codes, refresh tokens), and grant revocations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::v1 as proto;
+use portcullis_proto::v1::node_runtime_server::NodeRuntime;
+use tonic::{Request, Response, Status};
+
+use crate::access::{AccessList, Principal, Role, bearer_token};
+use crate::commands::Command;
+use crate::engine::Engine;
+
+/// Authenticates a node by its bearer token.
+pub fn authenticate_node(
+    metadata: &tonic::metadata::MetadataMap,
+    access: &AccessList,
+) -> Result<Principal, Status> {
+    let principal = bearer_token(metadata)
+        .and_then(|token| access.authenticate(token))
+        .ok_or_else(|| Status::unauthenticated("missing or invalid node token"))?;
+    if principal.role != Role::Node {
+        return Err(Status::permission_denied(
+            "only node tokens may call the node APIs",
+        ));
+    }
+    Ok(principal)
+}
+
+/// Records of consumed one-time values, in their own sled tree. Each record is kept until
+/// the value would have expired anyway, then swept.
+pub struct OnceStore {
+    tree: sled::Tree,
+}
+
+/// How long past its expiry a record is kept, to tolerate clock skew between nodes.
+const SKEW_SECS: i64 = 300;
+
+impl OnceStore {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            tree: db.open_tree("consumed_once")?,
+        })
+    }
+
+    fn key(namespace: &str, id: &str) -> Vec<u8> {
+        let mut key = namespace.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    /// True exactly once per (namespace, id). Durable before it answers.
+    pub fn consume(
+        &self,
+        namespace: &str,
+        id: &str,
+        expires_at_unix: i64,
+    ) -> Result<bool, sled::Error> {
+        let first = self
+            .tree
+            .compare_and_swap(
+                Self::key(namespace, id),
+                None as Option<&[u8]>,
+                Some(&expires_at_unix.to_be_bytes()[..]),
+            )?
+            .is_ok();
+        if first {
+            self.tree.flush()?;
+        }
+        Ok(first)
+    }
+
+    /// Removes records whose values expired; returns how many.
+    pub fn sweep(&self, now_unix: i64) -> Result<usize, sled::Error> {
+        let mut removed = 0;
+        for entry in self.tree.iter() {
+            let (key, value) = entry?;
+            let expires = <[u8; 8]>::try_from(value.as_ref())
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MIN);
+            if expires + SKEW_SECS < now_unix {
+                self.tree.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+pub struct RuntimeApi {
+    engine: Arc<Engine>,
+    access: Arc<AccessList>,
+    once: Arc<OnceStore>,
+}
+
+impl RuntimeApi {
+    pub fn new(engine: Arc<Engine>, access: Arc<AccessList>, once: Arc<OnceStore>) -> Self {
+        Self {
+            engine,
+            access,
+            once,
+        }
+    }
+}
+
+/// Sweeps expired one-time records every minute until the process stops.
+pub fn spawn_sweeper(once: Arc<OnceStore>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            ticker.tick().await;
+            let once = once.clone();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match tokio::task::spawn_blocking(move || once.sweep(now)).await {
+                Ok(Ok(removed)) if removed > 0 => {
+                    tracing::debug!(removed, "swept expired one-time records");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "sweeping one-time records failed"),
+                Err(error) => tracing::warn!(%error, "sweeping one-time records panicked"),
+            }
+        }
+    });
+}
+
+const NAMESPACES: &[&str] = &["authorization_code", "refresh_token"];
+
+#[tonic::async_trait]
+impl NodeRuntime for RuntimeApi {
+    async fn consume_once(
+        &self,
+        request: Request<proto::ConsumeOnceRequest>,
+    ) -> Result<Response<proto::ConsumeOnceReply>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let request = request.into_inner();
+        if !NAMESPACES.contains(&request.namespace.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "namespace: must be one of {NAMESPACES:?}"
+            )));
+        }
+        if request.id.is_empty() || request.id.len() > 256 {
+            return Err(Status::invalid_argument("id: must be 1 to 256 bytes"));
+        }
+        let once = self.once.clone();
+        let first_use = tokio::task::spawn_blocking(move || {
+            once.consume(&request.namespace, &request.id, request.expires_at_unix)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(|error| {
+            tracing::error!(%error, "recording a one-time value failed");
+            Status::internal("internal error; the control plane log has the details")
+        })?;
+        Ok(Response::new(proto::ConsumeOnceReply { first_use }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<proto::RevokeGrantRequest>,
+    ) -> Result<Response<proto::RevokeGrantReply>, Status> {
+        let principal = authenticate_node(request.metadata(), &self.access)?;
+        let request = request.into_inner();
+        let command = Command::RevokeGrant {
+            grant_id: request.grant_id,
+            expires_at_unix: request.expires_at_unix,
+            reason: request.reason,
+        };
+        let outcome = self
+            .engine
+            .execute(&format!("node:{}", principal.name), vec![command], None)
+            .await
+            .map_err(|error| Status::new(error.code().grpc_code(), error.to_string()))?;
+        Ok(Response::new(proto::RevokeGrantReply {
+            revision: outcome.revision,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumed_exactly_once_and_swept_after_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = OnceStore::open(&db).unwrap();
+        assert!(store.consume("authorization_code", "c1", 1_000).unwrap());
+        assert!(!store.consume("authorization_code", "c1", 1_000).unwrap());
+        assert!(store.consume("refresh_token", "c1", 1_000).unwrap());
+        assert_eq!(store.sweep(1_000).unwrap(), 0);
+        assert_eq!(store.sweep(1_000 + SKEW_SECS + 1).unwrap(), 2);
+        assert!(store.consume("authorization_code", "c1", 5_000).unwrap());
+    }
+}
