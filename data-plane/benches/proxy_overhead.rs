@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_data_plane::compiled::{CompiledSnapshot, SnapshotSlot};
 use portcullis_data_plane::config::ProxyLimits;
+use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry};
 use portcullis_data_plane::record::{RecordSink, RequestRecord};
 use portcullis_data_plane::{NodeState, router};
 use portcullis_proto::v1 as proto;
@@ -80,7 +81,8 @@ async fn start_node(upstream: SocketAddr) -> SocketAddr {
         }],
         ..proto::Snapshot::default()
     };
-    let compiled = CompiledSnapshot::compile(Snapshot::try_from(snapshot).unwrap()).unwrap();
+    let jwks = JwksRegistry::new(JwksPolicy::default()).unwrap();
+    let compiled = CompiledSnapshot::compile(Snapshot::try_from(snapshot).unwrap(), &jwks).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let state = Arc::new(NodeState::new(

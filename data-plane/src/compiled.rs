@@ -1,5 +1,7 @@
 //! The runtime form of a snapshot: everything the request path needs, computed once when a
-//! snapshot arrives (header values, upstream URI parts, origin sets) instead of per request.
+//! snapshot arrives (header values, upstream URI parts, origin sets, inline JWKS keys)
+//! instead of per request. JWKS URLs are resolved through the node's [`JwksRegistry`], so
+//! servers and successive snapshots naming the same URL share one cache of its keys.
 //!
 //! [`SnapshotSlot`] holds the current one. Requests load an `Arc` at their start and keep it
 //! to the end, so a swap never changes the configuration under a request in flight.
@@ -17,6 +19,7 @@ use portcullis_shared::snapshot::Snapshot;
 use portcullis_shared::validate::ValidationErrors;
 use url::Url;
 
+use crate::jwt::JwksRegistry;
 use crate::proxy::agent_auth::AgentAuthPlan;
 use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
 
@@ -31,12 +34,13 @@ pub struct CompiledSnapshot {
 }
 
 impl CompiledSnapshot {
-    /// Compiles every server, reporting every problem with its field path.
-    pub fn compile(source: Snapshot) -> Result<Self, ValidationErrors> {
+    /// Compiles every server, reporting every problem with its field path. JWKS URLs are
+    /// looked up in (or added to) `jwks`, which starts fetching new ones right away.
+    pub fn compile(source: Snapshot, jwks: &JwksRegistry) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let mut servers = HashMap::with_capacity(source.servers.len());
         for (name, server) in &source.servers {
-            match CompiledServer::compile(server) {
+            match CompiledServer::compile(server, jwks) {
                 Ok(compiled) => {
                     servers.insert(name.to_string(), compiled);
                 }
@@ -72,11 +76,18 @@ pub struct CompiledServer {
 }
 
 impl CompiledServer {
-    pub fn compile(server: &McpServer<SecretValue>) -> Result<Self, ValidationErrors> {
+    pub fn compile(
+        server: &McpServer<SecretValue>,
+        jwks: &JwksRegistry,
+    ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let upstream = UpstreamTarget::from_url(&server.upstream_url)
             .map_err(|message| errors.push("upstream_url", message))
             .ok();
+        let agent_auth =
+            AgentAuthPlan::compile(&server.agent_auth.mode, jwks, server.name.as_str())
+                .map_err(|nested| errors.extend_prefixed("agent_auth", nested))
+                .ok();
         let app_auth = AppAuthPlan::compile(&server.app_auth)
             .map_err(|nested| errors.extend_prefixed("app_auth", nested))
             .ok();
@@ -87,12 +98,12 @@ impl CompiledServer {
                 "additional outbound headers are not applied by this node version"
             );
         }
-        match (upstream, app_auth) {
-            (Some(upstream), Some(app_auth)) if errors.is_empty() => Ok(Self {
+        match (upstream, agent_auth, app_auth) {
+            (Some(upstream), Some(agent_auth), Some(app_auth)) if errors.is_empty() => Ok(Self {
                 name: server.name.clone(),
                 upstream,
                 allowed_origins: server.allowed_origins.iter().cloned().collect(),
-                agent_auth: AgentAuthPlan::compile(&server.agent_auth.mode),
+                agent_auth,
                 restricted_inbound_headers: server.agent_auth.restricted_inbound_headers.clone(),
                 app_auth,
                 app_auth_kind: server.app_auth.kind_name(),
@@ -228,7 +239,15 @@ pub(crate) mod tests {
     pub(crate) fn server_with_origins(origins: &[&str]) -> CompiledServer {
         let mut server = domain_server(AppAuth::Passthrough);
         server.allowed_origins = origins.iter().map(|origin| (*origin).to_owned()).collect();
-        CompiledServer::compile(&server).unwrap()
+        CompiledServer::compile(&server, &test_registry()).unwrap()
+    }
+
+    /// A registry whose fetcher serves nothing; for snapshots without JWKS URLs.
+    pub(crate) fn test_registry() -> JwksRegistry {
+        JwksRegistry::with_fetcher(
+            crate::jwt::JwksPolicy::default(),
+            crate::jwt::remote::tests::ScriptedFetcher::serving(serde_json::json!({})),
+        )
     }
 
     #[test]
@@ -254,18 +273,24 @@ pub(crate) mod tests {
     fn the_slot_swaps_whole_snapshots() {
         let slot = SnapshotSlot::default();
         assert_eq!(slot.version(), None);
-        let first = CompiledSnapshot::compile(Snapshot {
-            version: 1,
-            ..Snapshot::default()
-        })
+        let first = CompiledSnapshot::compile(
+            Snapshot {
+                version: 1,
+                ..Snapshot::default()
+            },
+            &test_registry(),
+        )
         .unwrap();
         slot.store(first);
         let held = slot.load().unwrap();
         slot.store(
-            CompiledSnapshot::compile(Snapshot {
-                version: 2,
-                ..Snapshot::default()
-            })
+            CompiledSnapshot::compile(
+                Snapshot {
+                    version: 2,
+                    ..Snapshot::default()
+                },
+                &test_registry(),
+            )
             .unwrap(),
         );
         // A request that loaded version 1 keeps it; new loads see version 2.

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
+use crate::jwt::JwksRegistry;
 use crate::store::SnapshotStore;
 
 /// ACK/NACK replies waiting to be sent. One reply per update, and the stream is read only
@@ -137,6 +138,9 @@ pub struct DiscoveryOptions {
 pub struct DiscoveryClient {
     options: DiscoveryOptions,
     slot: Arc<SnapshotSlot>,
+    /// Compiling a snapshot resolves its JWKS URLs here, sharing their caches with the
+    /// snapshot being served.
+    jwks: Arc<JwksRegistry>,
     store: Option<SnapshotStore>,
 }
 
@@ -151,11 +155,13 @@ impl DiscoveryClient {
     pub fn new(
         options: DiscoveryOptions,
         slot: Arc<SnapshotSlot>,
+        jwks: Arc<JwksRegistry>,
         store: Option<SnapshotStore>,
     ) -> Self {
         Self {
             options,
             slot,
+            jwks,
             store,
         }
     }
@@ -317,9 +323,11 @@ impl DiscoveryClient {
             });
         }
         // Validation and compilation walk the whole snapshot: off the reactor.
+        let jwks = self.jwks.clone();
         let (compiled, message) = tokio::task::spawn_blocking(move || {
             let snapshot = Snapshot::try_from(message.clone()).map_err(ApplyError::Invalid)?;
-            let compiled = CompiledSnapshot::compile(snapshot).map_err(ApplyError::Compile)?;
+            let compiled =
+                CompiledSnapshot::compile(snapshot, &jwks).map_err(ApplyError::Compile)?;
             Ok::<_, ApplyError>((compiled, message))
         })
         .await??;

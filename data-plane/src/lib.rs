@@ -5,12 +5,15 @@
 //! - [`compiled`]: snapshots compiled for the request path, and the slot that swaps them.
 //! - [`store`]: the last good snapshot on disk, sealed with the node state key.
 //! - [`proxy`]: the MCP Streamable HTTP proxy pipeline and the health endpoints.
+//! - [`jwt`]: JWT validation for agent authentication: JWKS keys, per-URL key caches,
+//!   claim checks, the verified-token cache.
 //! - [`record`]: the structured record every proxied request produces.
 //! - [`node`]: startup, serving and graceful shutdown.
 
 pub mod compiled;
 pub mod config;
 pub mod discovery;
+pub mod jwt;
 pub mod node;
 pub mod proxy;
 pub mod record;

@@ -13,6 +13,7 @@ use url::Url;
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::NodeConfig;
 use crate::discovery::{BackoffPolicy, DiscoveryClient, DiscoveryOptions};
+use crate::jwt::{JwksPolicy, JwksRegistry};
 use crate::proxy::{NodeState, router};
 use crate::record::TracingRecordSink;
 use crate::store::SnapshotStore;
@@ -29,6 +30,8 @@ pub enum StartError {
     LocalAddress(#[source] std::io::Error),
     #[error("the public URL derived from {0} does not parse")]
     PublicUrl(SocketAddr),
+    #[error("cannot build the HTTP client for JWKS URLs: {0}")]
+    JwksClient(#[source] reqwest::Error),
 }
 
 /// A node whose listener is bound and whose persisted snapshot (if any) is loaded.
@@ -45,7 +48,9 @@ impl Node {
     /// ready the moment it accepts connections, even with no control plane in reach.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
         let store = SnapshotStore::new(&config.state_dir, config.state_key.clone());
-        let slot = Arc::new(SnapshotSlot::new(load_persisted(&store).await));
+        let jwks =
+            Arc::new(JwksRegistry::new(JwksPolicy::default()).map_err(StartError::JwksClient)?);
+        let slot = Arc::new(SnapshotSlot::new(load_persisted(&store, &jwks).await));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -77,6 +82,7 @@ impl Node {
                 backoff: BackoffPolicy::default(),
             },
             slot,
+            jwks,
             Some(store),
         );
         Ok(Self {
@@ -124,13 +130,16 @@ impl Node {
 
 /// The last good snapshot from disk, validated and compiled, or nothing. A file that
 /// cannot be used is logged and ignored: the control plane will send a fresh snapshot.
-pub async fn load_persisted(store: &SnapshotStore) -> Option<CompiledSnapshot> {
+pub async fn load_persisted(
+    store: &SnapshotStore,
+    jwks: &JwksRegistry,
+) -> Option<CompiledSnapshot> {
     match store.load().await {
         Ok(None) => {
             info!(path = %store.path().display(), "no persisted snapshot: not ready until the control plane sends one");
             None
         }
-        Ok(Some(snapshot)) => match CompiledSnapshot::compile(snapshot) {
+        Ok(Some(snapshot)) => match CompiledSnapshot::compile(snapshot, jwks) {
             Ok(compiled) => {
                 info!(version = compiled.version, "serving the persisted snapshot");
                 Some(compiled)

@@ -53,7 +53,12 @@ pub struct RequestRecord {
     pub jsonrpc_methods: Vec<String>,
     /// Tools named by `tools/call` requests in the body.
     pub tool_names: Vec<String>,
+    /// The verified subject (`sub`) of the caller's token, or "anonymous". Never the token.
     pub caller: String,
+    /// Whether `caller` comes from a verified token.
+    pub caller_verified: bool,
+    /// Why agent authentication refused the caller's token (`TokenRejection::code`).
+    pub agent_auth_rejection: Option<&'static str>,
     /// Whether the caller sent an `Authorization` header (unverified under passthrough).
     pub caller_presented_credential: bool,
     /// `AppAuth::kind_name` of the server, once the server is known.
@@ -91,6 +96,8 @@ impl RecordSink for TracingRecordSink {
             jsonrpc_method = %record.jsonrpc_methods.join(","),
             tool = %record.tool_names.join(","),
             caller = %record.caller,
+            caller_verified = record.caller_verified,
+            agent_auth_rejection = record.agent_auth_rejection.unwrap_or(""),
             caller_presented_credential = record.caller_presented_credential,
             credential_kind = record.app_auth_kind.unwrap_or(""),
             outcome = record.outcome.as_str(),
@@ -138,6 +145,8 @@ impl RecordBuilder {
                 jsonrpc_methods: Vec::new(),
                 tool_names: Vec::new(),
                 caller: "anonymous".to_owned(),
+                caller_verified: false,
+                agent_auth_rejection: None,
                 caller_presented_credential: false,
                 app_auth_kind: None,
                 outcome: Outcome::Rejected,

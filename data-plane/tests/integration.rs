@@ -590,6 +590,7 @@ mod discovery {
     use super::*;
     use portcullis_data_plane::compiled::SnapshotSlot;
     use portcullis_data_plane::discovery::{BackoffPolicy, DiscoveryClient, DiscoveryOptions};
+    use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry};
     use portcullis_data_plane::store::SnapshotStore;
     use portcullis_shared::crypto::AeadKey;
     use portcullis_shared::secret::SecretValue;
@@ -621,7 +622,8 @@ mod discovery {
                 },
             };
             let shutdown = CancellationToken::new();
-            let client = DiscoveryClient::new(options, slot.clone(), Some(store.clone()));
+            let jwks = Arc::new(JwksRegistry::new(JwksPolicy::default()).unwrap());
+            let client = DiscoveryClient::new(options, slot.clone(), jwks, Some(store.clone()));
             let task = tokio::spawn(client.run(shutdown.clone()));
             Self {
                 slot,

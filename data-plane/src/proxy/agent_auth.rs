@@ -1,129 +1,376 @@
 //! Agent authentication: who is calling. It runs before the body is read and before
 //! anything is sent upstream, so an unauthenticated caller costs little and reaches nothing.
 //!
-//! [`AgentAuthPlan`] is the hook for every mode. Passthrough without JWT validation is
-//! implemented; Interactive SSO and Passthrough with JWT validation compile to
-//! [`AgentAuthPlan::NotSupported`] and are refused with a clear error until this node
-//! version learns them. A new mode adds a variant here and an arm in
-//! [`AgentAuthPlan::authenticate`]; the pipeline does not change.
+//! [`AgentAuthPlan`] is the hook for every mode. Passthrough is implemented with and without
+//! JWT validation; Interactive SSO compiles to [`AgentAuthPlan::NotSupported`] and is refused
+//! with a clear error until this node version learns it. A new mode adds a variant here and
+//! an arm in [`AgentAuthPlan::authenticate`]; the pipeline does not change.
+//!
+//! The result is a [`Caller`]. The pipeline hands it to the later steps (app authentication,
+//! additional outbound headers), which will use its [`CallerIdentity`] for per-user
+//! credentials, "Forward caller's token" and "Pass caller identity".
+
+use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use portcullis_shared::config::AgentAuthMode;
+use portcullis_shared::secret::SecretValue;
+use portcullis_shared::validate::ValidationErrors;
+use serde_json::{Map, Value};
 
+use crate::jwt::{
+    JwksRegistry, JwtValidator, MAX_AUTHORIZATION_HEADER_BYTES, TokenRejection, VerifiedClaims,
+    unix_now,
+};
 use crate::proxy::error::ProxyError;
 
 /// How a server authenticates its callers, compiled once per snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum AgentAuthPlan {
     /// Nothing is checked. Risk (documented for admins): anyone who can reach the node can
     /// call the server; the caller stays anonymous.
     PassthroughUnchecked,
+    /// Passthrough with "Require JWT Validation": the caller must present a bearer JWT that
+    /// verifies against the configured JWKS (and issuer and audience, when set). The token
+    /// is still not forwarded, unless app authentication is Passthrough.
+    PassthroughValidated(JwtValidator),
     /// A mode this node version cannot check yet. Refused, never let through unchecked.
     NotSupported { mode: &'static str },
 }
 
 /// Who the caller is, as far as the node knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
-    pub identity: CallerIdentity,
-    /// Whether the request carried an `Authorization` header. Unverified under passthrough:
-    /// recorded as a fact about the request, never as an identity.
+    /// The verified identity; `None` when nothing was verified (passthrough without
+    /// validation).
+    pub identity: Option<CallerIdentity>,
+    /// Whether the request carried an `Authorization` header. Unverified under passthrough
+    /// without validation: recorded as a fact about the request, never as an identity.
     pub presented_credential: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallerIdentity {
-    /// No verified identity (passthrough without validation).
-    Anonymous,
+/// A caller whose token was verified: the claims the gateway uses, every claim, and the
+/// token itself for the steps that forward or exchange it.
+#[derive(Debug, Clone)]
+pub struct CallerIdentity {
+    claims: Arc<VerifiedClaims>,
+    token: SecretValue,
 }
 
+impl CallerIdentity {
+    pub fn new(claims: Arc<VerifiedClaims>, token: SecretValue) -> Self {
+        Self { claims, token }
+    }
+
+    /// The `sub` claim.
+    pub fn subject(&self) -> &str {
+        &self.claims.subject
+    }
+
+    /// The `iss` claim, when the token has one.
+    pub fn issuer(&self) -> Option<&str> {
+        self.claims.issuer.as_deref()
+    }
+
+    /// The `email` claim, when it is a string.
+    pub fn email(&self) -> Option<&str> {
+        self.claims.email.as_deref()
+    }
+
+    /// The `groups` claim.
+    pub fn groups(&self) -> &[String] {
+        &self.claims.groups
+    }
+
+    /// `exp`, in seconds since the Unix epoch.
+    pub fn expires_at_unix(&self) -> i64 {
+        self.claims.expires_at_unix
+    }
+
+    /// Every claim of the token.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims.claims
+    }
+
+    /// The raw inbound token, for "Forward caller's token" and token exchange. Never logged.
+    pub fn token(&self) -> &SecretValue {
+        &self.token
+    }
+}
+
+/// Request records cap the caller name at this many characters.
+const MAX_RECORDED_CALLER_CHARS: usize = 256;
+
 impl Caller {
-    /// The caller as request records name it.
-    pub fn record_name(&self) -> &str {
+    /// The caller as request records name it: the verified subject, or "anonymous".
+    pub fn record_name(&self) -> String {
         match &self.identity {
-            CallerIdentity::Anonymous => "anonymous",
+            Some(identity) => identity
+                .subject()
+                .chars()
+                .take(MAX_RECORDED_CALLER_CHARS)
+                .collect(),
+            None => "anonymous".to_owned(),
         }
     }
 }
 
 impl AgentAuthPlan {
-    pub fn compile(mode: &AgentAuthMode) -> Self {
+    /// `server` names the server in log lines.
+    pub fn compile(
+        mode: &AgentAuthMode,
+        jwks: &JwksRegistry,
+        server: &str,
+    ) -> Result<Self, ValidationErrors> {
         match mode {
             AgentAuthMode::Passthrough {
                 jwt_validation: None,
-            } => Self::PassthroughUnchecked,
+            } => Ok(Self::PassthroughUnchecked),
             AgentAuthMode::Passthrough {
-                jwt_validation: Some(_),
-            } => Self::NotSupported {
-                mode: "passthrough with JWT validation",
-            },
-            AgentAuthMode::Interactive { .. } => Self::NotSupported {
+                jwt_validation: Some(validation),
+            } => Ok(Self::PassthroughValidated(JwtValidator::compile(
+                validation, jwks, server,
+            )?)),
+            AgentAuthMode::Interactive { .. } => Ok(Self::NotSupported {
                 mode: "interactive SSO",
-            },
+            }),
         }
     }
 
-    /// Authenticates the caller from the request headers. Async because the modes still to
-    /// come fetch signing keys and talk to identity providers.
+    /// Authenticates the caller from the request headers.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+        self.authenticate_at(headers, unix_now()).await
+    }
+
+    /// [`Self::authenticate`] at a given time (seconds since the Unix epoch), for tests.
+    pub async fn authenticate_at(
+        &self,
+        headers: &HeaderMap,
+        now_unix: i64,
+    ) -> Result<Caller, ProxyError> {
+        let presented_credential = headers.contains_key(AUTHORIZATION);
         match self {
             AgentAuthPlan::PassthroughUnchecked => Ok(Caller {
-                identity: CallerIdentity::Anonymous,
-                presented_credential: headers.contains_key(AUTHORIZATION),
+                identity: None,
+                presented_credential,
             }),
+            AgentAuthPlan::PassthroughValidated(validator) => {
+                let token = bearer_token(headers).map_err(ProxyError::Unauthenticated)?;
+                let claims = validator
+                    .validate(token, now_unix)
+                    .await
+                    .map_err(ProxyError::Unauthenticated)?;
+                Ok(Caller {
+                    identity: Some(CallerIdentity::new(claims, SecretValue::new(token))),
+                    presented_credential,
+                })
+            }
             AgentAuthPlan::NotSupported { mode } => Err(ProxyError::AgentAuthNotSupported(mode)),
         }
     }
 }
 
+/// The bearer token of the request (RFC 6750 section 2.1): exactly one `Authorization`
+/// header, at most [`MAX_AUTHORIZATION_HEADER_BYTES`], scheme `Bearer` in any case.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenRejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(TokenRejection::Missing)?;
+    if values.next().is_some() {
+        return Err(TokenRejection::SeveralAuthorizationHeaders);
+    }
+    if value.len() > MAX_AUTHORIZATION_HEADER_BYTES {
+        return Err(TokenRejection::TooLarge {
+            limit: MAX_AUTHORIZATION_HEADER_BYTES,
+        });
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| TokenRejection::Malformed("the Authorization header is not visible ASCII"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenRejection::NotBearer);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() {
+        return Err(TokenRejection::Malformed("the bearer token is empty"));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::JwksPolicy;
+    use crate::jwt::remote::tests::ScriptedFetcher;
+    use crate::jwt::test_keys::{TestKey, jwks};
     use portcullis_shared::config::{JwksSource, JwtValidation};
     use portcullis_shared::names::CatalogId;
+    use serde_json::json;
 
-    #[tokio::test]
-    async fn passthrough_without_validation_lets_anyone_in_anonymously() {
-        let plan = AgentAuthPlan::compile(&AgentAuthMode::Passthrough {
-            jwt_validation: None,
-        });
-        let caller = plan.authenticate(&HeaderMap::new()).await.unwrap();
-        assert_eq!(caller.record_name(), "anonymous");
-        assert!(!caller.presented_credential);
+    const NOW: i64 = 1_800_000_000;
+
+    fn registry() -> JwksRegistry {
+        JwksRegistry::with_fetcher(JwksPolicy::default(), ScriptedFetcher::serving(json!({})))
+    }
+
+    fn headers_with(authorization: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, "Bearer x".parse().unwrap());
-        assert!(
-            plan.authenticate(&headers)
-                .await
-                .unwrap()
-                .presented_credential
-        );
+        for value in authorization {
+            headers.append(AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn rejection(error: ProxyError) -> TokenRejection {
+        match error {
+            ProxyError::Unauthenticated(rejection) => rejection,
+            other => panic!("not an authentication failure: {other}"),
+        }
     }
 
     #[tokio::test]
-    async fn modes_this_version_cannot_check_are_refused() {
-        let interactive = AgentAuthPlan::compile(&AgentAuthMode::Interactive {
-            identity_provider: CatalogId::parse("okta").unwrap(),
-            scopes: Vec::new(),
-        });
-        let jwt = AgentAuthPlan::compile(&AgentAuthMode::Passthrough {
-            jwt_validation: Some(JwtValidation {
-                jwks: JwksSource::Url(url::Url::parse("https://idp.example.com/jwks").unwrap()),
-                issuer: None,
-                audience: None,
-            }),
-        });
-        for plan in [interactive, jwt] {
-            let mut headers = HeaderMap::new();
-            headers.insert(AUTHORIZATION, "Bearer looks-valid".parse().unwrap());
-            let error = plan.authenticate(&headers).await.unwrap_err();
-            assert!(matches!(error, ProxyError::AgentAuthNotSupported(_)));
-            assert!(
-                error
-                    .public_message()
-                    .contains("not supported by this node version")
-            );
-        }
+    async fn passthrough_without_validation_lets_anyone_in_anonymously() {
+        let plan = AgentAuthPlan::compile(
+            &AgentAuthMode::Passthrough {
+                jwt_validation: None,
+            },
+            &registry(),
+            "demo",
+        )
+        .unwrap();
+        let caller = plan.authenticate(&HeaderMap::new()).await.unwrap();
+        assert_eq!(caller.record_name(), "anonymous");
+        assert!(caller.identity.is_none());
+        assert!(!caller.presented_credential);
+        // Even garbage passes unchecked, as it does today.
+        let caller = plan
+            .authenticate(&headers_with(&["Bearer not-a-jwt"]))
+            .await
+            .unwrap();
+        assert!(caller.presented_credential);
+        assert!(caller.identity.is_none());
+    }
+
+    #[tokio::test]
+    async fn validation_yields_an_identity_with_the_token_kept_secret() {
+        let key = TestKey::ed25519("k");
+        let plan = AgentAuthPlan::compile(
+            &AgentAuthMode::Passthrough {
+                jwt_validation: Some(JwtValidation {
+                    jwks: JwksSource::Inline(jwks(&[&key]).to_string()),
+                    issuer: Some("https://idp".to_owned()),
+                    audience: None,
+                }),
+            },
+            &registry(),
+            "demo",
+        )
+        .unwrap();
+        let token = key.sign(&json!({
+            "sub": "alice", "iss": "https://idp", "exp": NOW + 60,
+            "email": "alice@example.com", "groups": ["eng"], "tenant": "t1"
+        }));
+        let caller = plan
+            .authenticate_at(&headers_with(&[&format!("bearer  {token}")]), NOW)
+            .await
+            .unwrap();
+        assert_eq!(caller.record_name(), "alice");
+        let identity = caller.identity.as_ref().unwrap();
+        assert_eq!(identity.subject(), "alice");
+        assert_eq!(identity.issuer(), Some("https://idp"));
+        assert_eq!(identity.email(), Some("alice@example.com"));
+        assert_eq!(identity.groups(), ["eng"]);
+        assert_eq!(identity.claims()["tenant"], "t1");
+        assert_eq!(identity.expires_at_unix(), NOW + 60);
+        assert_eq!(identity.token().expose(), token);
+        assert!(!format!("{caller:?}").contains(&token));
+
+        let missing = plan.authenticate_at(&HeaderMap::new(), NOW).await;
+        assert_eq!(rejection(missing.unwrap_err()), TokenRejection::Missing);
+    }
+
+    #[test]
+    fn the_bearer_token_is_taken_from_exactly_one_header() {
+        assert_eq!(bearer_token(&headers_with(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers_with(&["BEARER abc "])), Ok("abc"));
+        assert_eq!(
+            bearer_token(&HeaderMap::new()),
+            Err(TokenRejection::Missing)
+        );
+        assert_eq!(
+            bearer_token(&headers_with(&["Bearer a", "Bearer b"])),
+            Err(TokenRejection::SeveralAuthorizationHeaders)
+        );
+        assert_eq!(
+            bearer_token(&headers_with(&["Basic YTpi"])),
+            Err(TokenRejection::NotBearer)
+        );
+        assert_eq!(
+            bearer_token(&headers_with(&["Bearer"])),
+            Err(TokenRejection::Malformed("the bearer token is empty"))
+        );
+        let oversized = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_HEADER_BYTES));
+        assert_eq!(
+            bearer_token(&headers_with(&[&oversized])),
+            Err(TokenRejection::TooLarge {
+                limit: MAX_AUTHORIZATION_HEADER_BYTES
+            })
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert!(matches!(
+            bearer_token(&headers),
+            Err(TokenRejection::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn interactive_sso_is_refused_until_implemented() {
+        let plan = AgentAuthPlan::compile(
+            &AgentAuthMode::Interactive {
+                identity_provider: CatalogId::parse("okta").unwrap(),
+                scopes: Vec::new(),
+            },
+            &registry(),
+            "demo",
+        )
+        .unwrap();
+        let error = plan
+            .authenticate(&headers_with(&["Bearer looks-valid"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ProxyError::AgentAuthNotSupported(_)));
+        assert!(
+            error
+                .public_message()
+                .contains("not supported by this node version")
+        );
+    }
+
+    #[test]
+    fn an_inline_jwks_without_usable_keys_does_not_compile() {
+        let error = AgentAuthPlan::compile(
+            &AgentAuthMode::Passthrough {
+                jwt_validation: Some(JwtValidation {
+                    jwks: JwksSource::Inline(
+                        json!({"keys": [{"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}]})
+                            .to_string(),
+                    ),
+                    issuer: None,
+                    audience: None,
+                }),
+            },
+            &registry(),
+            "demo",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("jwt_validation.jwks_json"),
+            "{error}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use portcullis_shared::secret::SecretValue;
 use portcullis_shared::validate::ValidationErrors;
 use url::form_urlencoded;
 
+use crate::proxy::agent_auth::Caller;
 use crate::proxy::error::ProxyError;
 
 /// How a server's app authentication is applied, computed once per snapshot.
@@ -89,9 +90,12 @@ impl AppAuthPlan {
     }
 
     /// Writes the credential into the outbound headers or query. `inbound` is the caller's
-    /// original header map, read only by passthrough.
+    /// original header map, read only by passthrough. `caller` is who agent authentication
+    /// found; none of the kinds implemented so far depends on it, OAuth Authorization (one
+    /// token per user) will.
     pub fn apply(
         &self,
+        _caller: &Caller,
         inbound: &HeaderMap,
         outbound: &mut HeaderMap,
         query: &mut UpstreamQuery,
@@ -172,10 +176,18 @@ mod tests {
     use portcullis_shared::config::ClientCredentials;
     use portcullis_shared::names::CatalogId;
 
+    fn anonymous() -> Caller {
+        Caller {
+            identity: None,
+            presented_credential: false,
+        }
+    }
+
     fn apply(plan: &AppAuthPlan, inbound: &HeaderMap) -> (HeaderMap, Option<String>) {
         let mut outbound = HeaderMap::new();
         let mut query = UpstreamQuery::new(Some("tenant=a&api_key=caller-chosen"));
-        plan.apply(inbound, &mut outbound, &mut query).unwrap();
+        plan.apply(&anonymous(), inbound, &mut outbound, &mut query)
+            .unwrap();
         (outbound, query.to_query_string())
     }
 
@@ -255,6 +267,7 @@ mod tests {
         .unwrap();
         let mut outbound = HeaderMap::new();
         let result = plan.apply(
+            &anonymous(),
             &HeaderMap::new(),
             &mut outbound,
             &mut UpstreamQuery::default(),

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, StatusCode};
 use portcullis_shared::error::ErrorCode;
 use serde_json::{Value, json};
+
+use crate::jwt::TokenRejection;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,6 +39,9 @@ pub enum ProxyError {
     OriginNotAllowed(String),
     #[error("agent authentication mode {0} is not supported by this node version")]
     AgentAuthNotSupported(&'static str),
+    /// A missing or invalid caller token. The reason is safe to show and is shown.
+    #[error("{0}")]
+    Unauthenticated(TokenRejection),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body")]
@@ -69,6 +74,7 @@ impl ProxyError {
             ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
                 ErrorCode::Unimplemented
             }
+            ProxyError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ProxyError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ProxyError::BodyRead(_) | ProxyError::JsonParse(_) | ProxyError::InvalidJsonRpc(_) => {
                 ErrorCode::InvalidArgument
@@ -96,6 +102,7 @@ impl ProxyError {
             | ProxyError::HostNotAllowed(_)
             | ProxyError::OriginNotAllowed(_)
             | ProxyError::AgentAuthNotSupported(_)
+            | ProxyError::Unauthenticated(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::AppAuthNotSupported(_)
@@ -118,6 +125,7 @@ impl ProxyError {
             ProxyError::NotReady
             | ProxyError::UnknownServer
             | ProxyError::AgentAuthNotSupported(_)
+            | ProxyError::Unauthenticated(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::JsonParse(_)
@@ -129,15 +137,26 @@ impl ProxyError {
     }
 
     /// The JSON-RPC error response. `id` is the request's id when the body was read and held
-    /// exactly one request, else null.
+    /// exactly one request, else null. An authentication failure also carries its reason in
+    /// `data.reason` and the RFC 6750 challenge in `WWW-Authenticate`.
     pub fn into_response_with_id(self, id: Value) -> Response {
-        jsonrpc_error_response(
+        let mut data = json!({ "code": self.code().as_str() });
+        if let ProxyError::Unauthenticated(rejection) = &self {
+            data["reason"] = json!(rejection.code());
+        }
+        let mut response = jsonrpc_error_response_with_data(
             self.http_status(),
             id,
             self.jsonrpc_code(),
             &self.public_message(),
-            self.code(),
-        )
+            data,
+        );
+        if let ProxyError::Unauthenticated(rejection) = &self
+            && let Ok(challenge) = HeaderValue::from_str(&rejection.www_authenticate())
+        {
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+        response
     }
 }
 
@@ -149,13 +168,30 @@ pub fn jsonrpc_error_response(
     message: &str,
     code: ErrorCode,
 ) -> Response {
+    jsonrpc_error_response_with_data(
+        status,
+        id,
+        jsonrpc_code,
+        message,
+        json!({ "code": code.as_str() }),
+    )
+}
+
+/// A JSON-RPC 2.0 error body with `data` as given.
+fn jsonrpc_error_response_with_data(
+    status: StatusCode,
+    id: Value,
+    jsonrpc_code: i64,
+    message: &str,
+    data: Value,
+) -> Response {
     let body = json!({
         "jsonrpc": "2.0",
         "id": id,
         "error": {
             "code": jsonrpc_code,
             "message": message,
-            "data": { "code": code.as_str() },
+            "data": data,
         },
     });
     (
@@ -203,6 +239,34 @@ mod tests {
         assert_eq!(error.http_status(), StatusCode::FORBIDDEN);
         let error = ProxyError::Internal("slot poisoned at 0x1234".to_owned());
         assert_eq!(error.public_message(), "internal error");
+    }
+
+    #[tokio::test]
+    async fn authentication_failures_are_401_with_a_challenge_and_a_reason() {
+        let response =
+            ProxyError::Unauthenticated(TokenRejection::Expired).into_response_with_id(json!(3));
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\", error_description=\"token expired\""
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "jsonrpc": "2.0",
+                "id": 3,
+                "error": {
+                    "code": JSONRPC_GATEWAY_ERROR,
+                    "message": "token expired",
+                    "data": { "code": "unauthenticated", "reason": "expired" },
+                },
+            })
+        );
+        let missing =
+            ProxyError::Unauthenticated(TokenRejection::Missing).into_response_with_id(Value::Null);
+        assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer");
     }
 
     #[test]

@@ -183,9 +183,12 @@ async fn forward(
     node.hosts.check(server, &parts)?;
 
     // 3. Agent authentication: who is calling. Before the body is read, so an
-    //    unauthenticated caller cannot make the node buffer megabytes.
+    //    unauthenticated caller cannot make the node buffer megabytes. With JWT validation
+    //    a missing or invalid token ends the request here (401), before anything reaches
+    //    the upstream. The `Caller` it yields is handed to steps 5 and 6 below.
     let caller = server.agent_auth.authenticate(&parts.headers).await?;
-    record.fields().caller = caller.record_name().to_owned();
+    record.fields().caller = caller.record_name();
+    record.fields().caller_verified = caller.identity.is_some();
     record.fields().caller_presented_credential = caller.presented_credential;
 
     // 3b. Read and inspect the body (POST only). After authentication (see above); before
@@ -207,15 +210,17 @@ async fn forward(
 
     // 5. App authentication: the credential towards the app. After the firewall, so it is
     //    the only source of credential headers; it reads the caller's original headers only
-    //    in Passthrough mode.
+    //    in Passthrough mode. It gets the caller from step 3, for per-user credentials.
     let mut query = server.upstream.base_query();
     query.extend_raw(parts.uri.query());
     server
         .app_auth
-        .apply(&parts.headers, &mut headers, &mut query)?;
+        .apply(&caller, &parts.headers, &mut headers, &mut query)?;
 
     // 6. Additional outbound headers (not implemented yet, see the module). After app
-    //    authentication: they come on top of it and may need the caller's identity.
+    //    authentication: they come on top of it and may need the caller's identity (from
+    //    step 3: its token for "Forward caller's token", its claims for "Pass caller
+    //    identity").
     outbound_headers::apply(server, &caller, &mut headers)?;
 
     // 7. Stream to the upstream. Last, with everything decided; the response head is
@@ -287,6 +292,11 @@ fn stream_back(node: &NodeState, forwarded: Forwarded, mut record: RecordBuilder
 /// JSON-RPC error that carries only the public message.
 fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Response {
     let outcome = match &error {
+        ProxyError::Unauthenticated(rejection) => {
+            tracing::info!(reason = rejection.code(), error = %error, "caller refused by agent authentication");
+            record.fields().agent_auth_rejection = Some(rejection.code());
+            Outcome::Rejected
+        }
         ProxyError::UpstreamUnreachable(_)
         | ProxyError::UpstreamTimeout(_)
         | ProxyError::UpstreamFailed(_) => {

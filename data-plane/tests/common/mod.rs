@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use portcullis_data_plane::NodeState;
 use portcullis_data_plane::compiled::{CompiledSnapshot, SnapshotSlot};
 use portcullis_data_plane::config::ProxyLimits;
+use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry};
 use portcullis_data_plane::record::{RecordSink, RequestRecord};
 use portcullis_proto::v1 as proto;
 use portcullis_shared::snapshot::{SNAPSHOT_SCHEMA_VERSION, Snapshot};
@@ -77,7 +78,11 @@ pub fn update(version: u64, servers: Vec<proto::McpServer>) -> proto::SnapshotUp
 }
 
 pub fn compile(snapshot: proto::Snapshot) -> CompiledSnapshot {
-    CompiledSnapshot::compile(Snapshot::try_from(snapshot).unwrap()).unwrap()
+    compile_with(snapshot, &JwksRegistry::new(JwksPolicy::default()).unwrap())
+}
+
+pub fn compile_with(snapshot: proto::Snapshot, jwks: &JwksRegistry) -> CompiledSnapshot {
+    CompiledSnapshot::compile(Snapshot::try_from(snapshot).unwrap(), jwks).unwrap()
 }
 
 /// Sends every record to a channel the test reads.
@@ -96,7 +101,17 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn new(snapshot: Option<proto::Snapshot>, limits: ProxyLimits) -> Self {
-        let slot = Arc::new(SnapshotSlot::new(snapshot.map(compile)));
+        Self::from_compiled(snapshot.map(compile), limits)
+    }
+
+    /// A node serving `snapshot`, compiled with `jwks` (so the test controls the JWKS policy
+    /// and can look at the URL caches).
+    pub fn with_jwks(snapshot: proto::Snapshot, jwks: &JwksRegistry) -> Self {
+        Self::from_compiled(Some(compile_with(snapshot, jwks)), ProxyLimits::default())
+    }
+
+    fn from_compiled(compiled: Option<CompiledSnapshot>, limits: ProxyLimits) -> Self {
+        let slot = Arc::new(SnapshotSlot::new(compiled));
         let (sender, records) = mpsc::unbounded_channel();
         let state = Arc::new(NodeState::new(
             "node-test",
