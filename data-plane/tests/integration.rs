@@ -586,6 +586,481 @@ mod proxy {
     }
 }
 
+mod jwt {
+    //! Passthrough agent authentication with JWT validation, against a JWKS served over
+    //! HTTP by the test and a real upstream.
+
+    use super::*;
+    use common::jwks::{JwksServer, TestKey, jwks, unsigned_token};
+    use portcullis_data_plane::jwt::validator::KeySource;
+    use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry, JwtValidator};
+    use portcullis_data_plane::proxy::agent_auth::AgentAuthPlan;
+    use portcullis_data_plane::record::RequestRecord;
+    use std::sync::atomic::Ordering;
+
+    const ISSUER: &str = "https://idp.example.com";
+    const AUDIENCE: &str = "mcp-gateway";
+
+    /// Forced refreshes are allowed once an hour here, so counting fetches is exact however
+    /// slow the machine.
+    fn registry() -> JwksRegistry {
+        JwksRegistry::new(JwksPolicy {
+            forced_refresh_cooldown: Duration::from_secs(3600),
+            request_wait: Duration::from_secs(5),
+            ..JwksPolicy::default()
+        })
+        .unwrap()
+    }
+
+    fn validation_by_url(url: &str) -> proto::JwtValidation {
+        proto::JwtValidation {
+            jwks_url: url.to_owned(),
+            issuer: ISSUER.to_owned(),
+            audience: AUDIENCE.to_owned(),
+            ..proto::JwtValidation::default()
+        }
+    }
+
+    fn jwt_server(
+        name: &str,
+        upstream: &TestUpstream,
+        app: Kind,
+        validation: proto::JwtValidation,
+    ) -> proto::McpServer {
+        let mut server = server(name, &upstream.url("/mcp"), app);
+        server.agent_auth = Some(proto::AgentAuth {
+            mode: Some(proto::agent_auth::Mode::Passthrough(
+                proto::PassthroughAgent {
+                    jwt_validation: Some(validation),
+                },
+            )),
+            restricted_inbound_headers: vec!["x-internal-*".to_owned()],
+        });
+        server
+    }
+
+    fn seconds_from_now(offset: i64) -> i64 {
+        portcullis_data_plane::jwt::unix_now() + offset
+    }
+
+    fn claims(subject: &str) -> Value {
+        json!({
+            "sub": subject, "iss": ISSUER, "aud": [AUDIENCE, "other"],
+            "exp": seconds_from_now(600), "email": format!("{subject}@example.com"),
+            // Different for every token, so no test is answered from the verified cache by
+            // accident.
+            "jti": uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    fn bearer_header(token: &str) -> (String, String) {
+        ("authorization".to_owned(), format!("Bearer {token}"))
+    }
+
+    async fn call(node: &TestNode, server: &str, token: Option<&str>) -> http::Response<Body> {
+        let headers: Vec<(String, String)> = token.map(bearer_header).into_iter().collect();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        node.send(post(server, &tool_call(5, "search"), &headers))
+            .await
+    }
+
+    /// Asserts a 200 and reads the whole body (which finishes the request record).
+    async fn answered(response: http::Response<Body>) -> Value {
+        assert_eq!(response.status(), StatusCode::OK);
+        json_body(response).await
+    }
+
+    fn validator<'a>(
+        snapshot: &'a portcullis_data_plane::compiled::CompiledSnapshot,
+        server: &str,
+    ) -> &'a JwtValidator {
+        match &snapshot.server(server).unwrap().agent_auth {
+            AgentAuthPlan::PassthroughValidated(validator) => validator,
+            other => panic!("not validated: {other:?}"),
+        }
+    }
+
+    /// Asserts a 401 with the reason, the challenge and the JSON-RPC body; returns the
+    /// record.
+    async fn expect_refused(
+        node: &mut TestNode,
+        response: http::Response<Body>,
+        reason: &str,
+        description: &str,
+    ) -> RequestRecord {
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{reason}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if reason == "missing_token" {
+            assert_eq!(challenge, "Bearer");
+        } else {
+            assert_eq!(
+                challenge,
+                format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+            );
+        }
+        let body = json_body(response).await;
+        assert_eq!(body["error"]["message"], description);
+        assert_eq!(body["error"]["data"]["code"], "unauthenticated");
+        assert_eq!(body["error"]["data"]["reason"], reason);
+        let record = node.next_record().await;
+        assert_eq!(record.outcome, Outcome::Rejected);
+        assert_eq!(record.error_code, Some(ErrorCode::Unauthenticated));
+        assert_eq!(record.agent_auth_rejection, Some(reason));
+        assert_eq!(record.caller, "anonymous");
+        assert!(!record.caller_verified);
+        record
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_is_forwarded_with_its_subject_recorded_but_not_the_token() {
+        let key = TestKey::rsa("k1");
+        let idp = JwksServer::start(jwks(&[&key])).await;
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![
+                    jwt_server(
+                        "bearer",
+                        &upstream,
+                        bearer("svc-token"),
+                        validation_by_url(&idp.url()),
+                    ),
+                    jwt_server(
+                        "keyed",
+                        &upstream,
+                        api_key("x-api-key", "k-1", proto::ApiKeyLocation::Header),
+                        validation_by_url(&idp.url()),
+                    ),
+                ],
+            ),
+            &registry,
+        );
+        let token = key.sign(&claims("alice"));
+        let mut headers: Vec<(&str, &str)> = CALLER_HEADERS
+            .iter()
+            .filter(|(name, _)| *name != "authorization")
+            .copied()
+            .collect();
+        let authorization = format!("Bearer {token}");
+        headers.push(("authorization", &authorization));
+
+        let response = node
+            .send(post("bearer", &tool_call(5, "search"), &headers))
+            .await;
+        assert_eq!(answered(response).await["id"], 5);
+        let received = upstream.next_request().await;
+        let authorization: Vec<_> = received.headers.get_all("authorization").iter().collect();
+        assert_eq!(authorization, ["Bearer svc-token"]);
+        assert!(received.headers.get("cookie").is_none());
+        assert!(received.headers.get("x-internal-user").is_none());
+        assert_eq!(received.headers["x-custom"], "keep-me");
+        let record = node.next_record().await;
+        assert_eq!(record.outcome, Outcome::Completed);
+        assert_eq!(record.caller, "alice");
+        assert!(record.caller_verified);
+        assert!(record.caller_presented_credential);
+        assert_eq!(record.agent_auth_rejection, None);
+        assert!(!format!("{record:?}").contains(&token));
+
+        // The same token again: forwarded, answered from the verified-token cache.
+        let response = node
+            .send(post("bearer", &tool_call(6, "search"), &headers))
+            .await;
+        answered(response).await;
+        upstream.next_request().await;
+        node.next_record().await;
+        let snapshot = node.state.snapshots.load().unwrap();
+        let stats = validator(&snapshot, "bearer").stats();
+        assert_eq!(stats.signature_checks.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.cache_hits.load(Ordering::Relaxed), 1);
+
+        // Another server behind the same URL: the caller's token is not forwarded there
+        // either, and the keys were fetched once for both.
+        let response = node
+            .send(post("keyed", &tool_call(7, "search"), &headers))
+            .await;
+        answered(response).await;
+        let received = upstream.next_request().await;
+        assert!(received.headers.get("authorization").is_none());
+        assert_eq!(received.headers["x-api-key"], "k-1");
+        assert_eq!(node.next_record().await.caller, "alice");
+        assert_eq!(idp.fetches(), 1);
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_and_invalid_tokens_get_401_with_a_reason_and_never_reach_the_upstream() {
+        let key = TestKey::ec_p256("k1");
+        let idp = JwksServer::start(jwks(&[&key])).await;
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server(
+                    "demo",
+                    &upstream,
+                    bearer("svc"),
+                    validation_by_url(&idp.url()),
+                )],
+            ),
+            &registry,
+        );
+        let with = |field: &str, value: Value| {
+            let mut claims = claims("alice");
+            claims[field] = value;
+            claims
+        };
+        let response = call(&node, "demo", None).await;
+        expect_refused(&mut node, response, "missing_token", "no bearer token").await;
+        let cases = [
+            (
+                key.sign(&with("exp", json!(seconds_from_now(-3600)))),
+                "expired",
+                "token expired",
+            ),
+            (
+                key.sign(&with("nbf", json!(seconds_from_now(3600)))),
+                "not_yet_valid",
+                "token not yet valid",
+            ),
+            (
+                key.sign(&with("iss", json!("https://evil.example"))),
+                "wrong_issuer",
+                "wrong issuer",
+            ),
+            (
+                key.sign(&with("aud", json!("someone-else"))),
+                "wrong_audience",
+                "wrong audience",
+            ),
+            (
+                TestKey::ec_p256("k1").sign(&claims("mallory")),
+                "bad_signature",
+                "bad signature",
+            ),
+            (
+                unsigned_token("k1", &claims("mallory")),
+                "unsupported_algorithm",
+                "unsupported algorithm: unsigned tokens (alg none) are refused",
+            ),
+            (
+                "not.a.jwt".to_owned(),
+                "malformed_token",
+                "malformed token: the header is not base64url",
+            ),
+            (
+                "a".repeat(9000),
+                "token_too_large",
+                "token too large: the Authorization header is limited to 8192 bytes",
+            ),
+        ];
+        for (token, reason, description) in cases {
+            let response = call(&node, "demo", Some(&token)).await;
+            let record = expect_refused(&mut node, response, reason, description).await;
+            assert!(record.caller_presented_credential || reason == "missing_token");
+        }
+        assert!(upstream.received_nothing());
+        assert_eq!(idp.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_picked_up_without_restart_and_forced_refreshes_are_rate_limited() {
+        let first = TestKey::ec_p256("2026-01");
+        let idp = JwksServer::start(jwks(&[&first])).await;
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server(
+                    "demo",
+                    &upstream,
+                    bearer("svc"),
+                    validation_by_url(&idp.url()),
+                )],
+            ),
+            &registry,
+        );
+        let response = call(&node, "demo", Some(&first.sign(&claims("alice")))).await;
+        answered(response).await;
+        upstream.next_request().await;
+        node.next_record().await;
+        assert_eq!(idp.fetches(), 1);
+
+        // The issuer rotates: the new kid is unknown, one refresh fetches it.
+        let second = TestKey::ed25519("2026-02");
+        idp.publish(jwks(&[&second]));
+        let response = call(&node, "demo", Some(&second.sign(&claims("bob")))).await;
+        answered(response).await;
+        upstream.next_request().await;
+        assert_eq!(node.next_record().await.caller, "bob");
+        assert_eq!(idp.fetches(), 2);
+
+        // The retired key no longer verifies, and unknown kids within the cooldown cause no
+        // fetch, concurrent or not.
+        let retired = call(&node, "demo", Some(&first.sign(&claims("alice")))).await;
+        expect_refused(&mut node, retired, "unknown_key_id", "unknown key id").await;
+        let forged: Vec<String> = (0..8)
+            .map(|index| {
+                second.sign_with_header(
+                    &json!({"alg": "EdDSA", "kid": format!("ghost-{index}")}),
+                    &claims("mallory"),
+                )
+            })
+            .collect();
+        let responses =
+            futures::future::join_all(forged.iter().map(|token| call(&node, "demo", Some(token))))
+                .await;
+        for response in responses {
+            expect_refused(&mut node, response, "unknown_key_id", "unknown key id").await;
+        }
+        assert_eq!(idp.fetches(), 2);
+        assert!(upstream.received_nothing());
+    }
+
+    #[tokio::test]
+    async fn cached_keys_keep_working_while_the_jwks_url_fails() {
+        let key = TestKey::rsa("k1");
+        let idp = JwksServer::start(jwks(&[&key])).await;
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server(
+                    "demo",
+                    &upstream,
+                    bearer("svc"),
+                    validation_by_url(&idp.url()),
+                )],
+            ),
+            &registry,
+        );
+        answered(call(&node, "demo", Some(&key.sign(&claims("alice")))).await).await;
+        upstream.next_request().await;
+        node.next_record().await;
+
+        // The JWKS URL breaks; an unknown kid makes the node try it (and fail).
+        idp.fail(true);
+        let unknown = key.sign_with_header(&json!({"alg": "RS256", "kid": "k2"}), &claims("x"));
+        let response = call(&node, "demo", Some(&unknown)).await;
+        expect_refused(&mut node, response, "unknown_key_id", "unknown key id").await;
+        assert_eq!(idp.fetches(), 2);
+
+        // The keys fetched before still verify new tokens.
+        let response = call(&node, "demo", Some(&key.sign(&claims("carol")))).await;
+        answered(response).await;
+        upstream.next_request().await;
+        assert_eq!(node.next_record().await.caller, "carol");
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_never_reached_refuses_its_tokens_quickly() {
+        let key = TestKey::ed25519("k1");
+        let nowhere = format!("http://{}/jwks.json", dead_address().await);
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server(
+                    "demo",
+                    &upstream,
+                    bearer("svc"),
+                    validation_by_url(&nowhere),
+                )],
+            ),
+            &registry,
+        );
+        let started = Instant::now();
+        let response = call(&node, "demo", Some(&key.sign(&claims("alice")))).await;
+        expect_refused(
+            &mut node,
+            response,
+            "signing_keys_unavailable",
+            "the signing keys are not available yet, try again later",
+        )
+        .await;
+        assert!(
+            started.elapsed() <= registry.policy().request_wait,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(upstream.received_nothing());
+    }
+
+    #[tokio::test]
+    async fn an_inline_jwks_verifies_without_any_fetch() {
+        let key = TestKey::ec_p384("inline-1");
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let validation = proto::JwtValidation {
+            jwks_json: jwks(&[&key]).to_string(),
+            ..proto::JwtValidation::default()
+        };
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server("demo", &upstream, bearer("svc"), validation)],
+            ),
+            &registry,
+        );
+        let snapshot = node.state.snapshots.load().unwrap();
+        assert!(matches!(
+            validator(&snapshot, "demo").key_source(),
+            KeySource::Inline(_)
+        ));
+        assert!(registry.is_empty());
+        // No issuer or audience configured: any issuer and audience pass.
+        let token =
+            key.sign(&json!({"sub": "svc-42", "iss": "anyone", "exp": seconds_from_now(60)}));
+        let response = call(&node, "demo", Some(&token)).await;
+        answered(response).await;
+        upstream.next_request().await;
+        assert_eq!(node.next_record().await.caller, "svc-42");
+
+        let impostor = TestKey::ec_p384("inline-1").sign(&claims("mallory"));
+        let response = call(&node, "demo", Some(&impostor)).await;
+        expect_refused(&mut node, response, "bad_signature", "bad signature").await;
+        assert!(upstream.received_nothing());
+    }
+
+    #[tokio::test]
+    async fn under_app_auth_passthrough_the_verified_token_itself_goes_upstream() {
+        let key = TestKey::ed25519("k1");
+        let idp = JwksServer::start(jwks(&[&key])).await;
+        let mut upstream = TestUpstream::start().await;
+        let registry = registry();
+        let mut node = TestNode::with_jwks(
+            snapshot(
+                1,
+                vec![jwt_server(
+                    "demo",
+                    &upstream,
+                    passthrough(),
+                    validation_by_url(&idp.url()),
+                )],
+            ),
+            &registry,
+        );
+        let token = key.sign(&claims("alice"));
+        let response = call(&node, "demo", Some(&token)).await;
+        answered(response).await;
+        let received = upstream.next_request().await;
+        assert_eq!(received.headers["authorization"], format!("Bearer {token}"));
+        assert_eq!(node.next_record().await.caller, "alice");
+    }
+}
+
 mod discovery {
     use super::*;
     use portcullis_data_plane::compiled::SnapshotSlot;

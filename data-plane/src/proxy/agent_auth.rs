@@ -43,11 +43,9 @@ pub enum AgentAuthPlan {
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The verified identity; `None` when nothing was verified (passthrough without
-    /// validation).
+    /// validation). Whatever `Authorization` header such a caller sent is unverified: the
+    /// request record notes its presence as a fact about the request, never as an identity.
     pub identity: Option<CallerIdentity>,
-    /// Whether the request carried an `Authorization` header. Unverified under passthrough
-    /// without validation: recorded as a fact about the request, never as an identity.
-    pub presented_credential: bool,
 }
 
 /// A caller whose token was verified: the claims the gateway uses, every claim, and the
@@ -149,12 +147,8 @@ impl AgentAuthPlan {
         headers: &HeaderMap,
         now_unix: i64,
     ) -> Result<Caller, ProxyError> {
-        let presented_credential = headers.contains_key(AUTHORIZATION);
         match self {
-            AgentAuthPlan::PassthroughUnchecked => Ok(Caller {
-                identity: None,
-                presented_credential,
-            }),
+            AgentAuthPlan::PassthroughUnchecked => Ok(Caller { identity: None }),
             AgentAuthPlan::PassthroughValidated(validator) => {
                 let token = bearer_token(headers).map_err(ProxyError::Unauthenticated)?;
                 let claims = validator
@@ -163,7 +157,6 @@ impl AgentAuthPlan {
                     .map_err(ProxyError::Unauthenticated)?;
                 Ok(Caller {
                     identity: Some(CallerIdentity::new(claims, SecretValue::new(token))),
-                    presented_credential,
                 })
             }
             AgentAuthPlan::NotSupported { mode } => Err(ProxyError::AgentAuthNotSupported(mode)),
@@ -242,13 +235,11 @@ mod tests {
         let caller = plan.authenticate(&HeaderMap::new()).await.unwrap();
         assert_eq!(caller.record_name(), "anonymous");
         assert!(caller.identity.is_none());
-        assert!(!caller.presented_credential);
         // Even garbage passes unchecked, as it does today.
         let caller = plan
             .authenticate(&headers_with(&["Bearer not-a-jwt"]))
             .await
             .unwrap();
-        assert!(caller.presented_credential);
         assert!(caller.identity.is_none());
     }
 

@@ -177,10 +177,7 @@ mod tests {
     use portcullis_shared::names::CatalogId;
 
     fn anonymous() -> Caller {
-        Caller {
-            identity: None,
-            presented_credential: false,
-        }
+        Caller { identity: None }
     }
 
     fn apply(plan: &AppAuthPlan, inbound: &HeaderMap) -> (HeaderMap, Option<String>) {

@@ -25,7 +25,7 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -186,10 +186,11 @@ async fn forward(
     //    unauthenticated caller cannot make the node buffer megabytes. With JWT validation
     //    a missing or invalid token ends the request here (401), before anything reaches
     //    the upstream. The `Caller` it yields is handed to steps 5 and 6 below.
+    // Whether a credential was presented is recorded for refused requests too.
+    record.fields().caller_presented_credential = parts.headers.contains_key(AUTHORIZATION);
     let caller = server.agent_auth.authenticate(&parts.headers).await?;
     record.fields().caller = caller.record_name();
     record.fields().caller_verified = caller.identity.is_some();
-    record.fields().caller_presented_credential = caller.presented_credential;
 
     // 3b. Read and inspect the body (POST only). After authentication (see above); before
     //    the upstream call, because the body is bounded here (413) and malformed JSON-RPC

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test uses a different subset of the helpers")]
 
 pub mod control_plane;
+pub mod jwks;
 pub mod process;
 pub mod upstream;
 
