@@ -216,7 +216,9 @@ impl SnapshotSlot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use portcullis_shared::config::{AgentAuth, AgentAuthMode, AppAuth, Transport};
+    use portcullis_shared::config::{
+        AgentAuth, AgentAuthMode, AppAuth, JwksSource, JwtValidation, Transport,
+    };
 
     pub(crate) fn domain_server(app_auth: AppAuth<SecretValue>) -> McpServer<SecretValue> {
         McpServer {
@@ -266,6 +268,44 @@ pub(crate) mod tests {
         assert_eq!(
             bare.uri(&bare.base_query()).unwrap().to_string(),
             "http://[::1]/"
+        );
+    }
+
+    fn server_with_jwks_url() -> McpServer<SecretValue> {
+        let mut server = domain_server(AppAuth::Passthrough);
+        server.agent_auth.mode = AgentAuthMode::Passthrough {
+            jwt_validation: Some(JwtValidation {
+                jwks: JwksSource::Url(Url::parse("https://idp.example.com/jwks.json").unwrap()),
+                issuer: None,
+                audience: None,
+            }),
+        };
+        server
+    }
+
+    #[tokio::test]
+    async fn jwks_urls_resolve_where_discovery_compiles_on_the_blocking_pool() {
+        let jwks = Arc::new(test_registry());
+        let registry = jwks.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            CompiledServer::compile(&server_with_jwks_url(), &registry).map(|_| ())
+        })
+        .await
+        .unwrap();
+        assert!(compiled.is_ok(), "{compiled:?}");
+        // The compiled server was dropped in the closure, and its URL cache with it.
+        assert!(jwks.is_empty());
+        // Outside any runtime the URL cannot be fetched: a clear compile error, no panic.
+        let outside = std::thread::spawn(|| {
+            CompiledServer::compile(&server_with_jwks_url(), &test_registry())
+                .unwrap_err()
+                .to_string()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            outside.contains("agent_auth.jwt_validation.jwks_url"),
+            "{outside}"
         );
     }
 

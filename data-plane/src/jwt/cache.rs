@@ -75,8 +75,8 @@ pub struct VerifiedTokenCache {
 impl std::fmt::Debug for VerifiedTokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifiedTokenCache")
-            .field("len", &self.len())
-            .finish()
+            .field("capacity", &(self.capacity_per_shard * self.shards.len()))
+            .finish_non_exhaustive()
     }
 }
 

@@ -412,6 +412,12 @@ impl KeySet {
             .collect()
     }
 
+    pub fn contains_key_id(&self, key_id: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|key| key.key_id.as_deref() == Some(key_id))
+    }
+
     /// True if both sets hold the same usable keys, in the same order.
     pub fn same_keys(&self, other: &KeySet) -> bool {
         self.published == other.published

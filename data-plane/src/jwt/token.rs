@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::jwt::TokenRejection;
-use crate::jwt::keys::{KeySet, SigningAlgorithm, VerificationKey};
+use crate::jwt::keys::{SigningAlgorithm, VerificationKey};
 
 /// A token split into its parts, with its header read but nothing verified.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, TokenRejection> {
 }
 
 impl UnverifiedToken<'_> {
-    /// Checks the signature against `candidates` (chosen by [`KeySet::select`]).
+    /// Checks the signature against `candidates` (chosen by `KeySet::select`).
     pub fn verify_signature(&self, candidates: &[&VerificationKey]) -> Result<(), TokenRejection> {
         let verified = candidates.iter().any(|key| {
             key.verify(
@@ -91,12 +91,6 @@ impl UnverifiedToken<'_> {
         } else {
             Err(TokenRejection::BadSignature)
         }
-    }
-
-    /// Selects the keys and checks the signature with them.
-    pub fn verify_with(&self, keys: &KeySet) -> Result<(), TokenRejection> {
-        let candidates = keys.select(self.key_id.as_deref(), self.algorithm)?;
-        self.verify_signature(&candidates)
     }
 
     /// The payload bytes. Call only after the signature was verified.

@@ -119,24 +119,24 @@ impl JwtValidator {
         let unverified = token::parse(token)?;
         let mut keys = match (current, &self.keys) {
             (Some(keys), _) => keys,
+            (None, KeySource::Inline(keys)) => keys.clone(),
             (None, KeySource::Remote(remote)) => remote
                 .first_keys()
                 .await
                 .ok_or(TokenRejection::KeysUnavailable)?,
-            (None, KeySource::Inline(_)) => unreachable!("inline keys are always present"),
         };
-        if let (Err(TokenRejection::UnknownKeyId), KeySource::Remote(remote)) = (
-            keys.select(unverified.key_id.as_deref(), unverified.algorithm),
-            &self.keys,
-        ) {
+        if let (Some(key_id), KeySource::Remote(remote)) = (&unverified.key_id, &self.keys)
+            && !keys.contains_key_id(key_id)
+        {
             // Maybe a rotation this node has not seen yet.
             keys = remote
                 .keys_after_unknown_kid(keys.generation())
                 .await
                 .ok_or(TokenRejection::KeysUnavailable)?;
         }
+        let candidates = keys.select(unverified.key_id.as_deref(), unverified.algorithm)?;
         self.stats.signature_checks.fetch_add(1, Ordering::Relaxed);
-        unverified.verify_with(&keys)?;
+        unverified.verify_signature(&candidates)?;
 
         let rules = ClaimRules {
             issuer: self.issuer.as_deref(),
