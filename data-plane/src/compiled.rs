@@ -19,6 +19,7 @@ use portcullis_shared::snapshot::Snapshot;
 use portcullis_shared::validate::ValidationErrors;
 use url::Url;
 
+use crate::config::UpstreamHostAllowlist;
 use crate::jwt::JwksRegistry;
 use crate::proxy::agent_auth::AgentAuthPlan;
 use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
@@ -34,13 +35,24 @@ pub struct CompiledSnapshot {
 }
 
 impl CompiledSnapshot {
-    /// Compiles every server, reporting every problem with its field path. JWKS URLs are
-    /// looked up in (or added to) `jwks`, which starts fetching new ones right away.
+    /// Compiles every server with any upstream host allowed; see
+    /// [`Self::compile_for_hosts`].
     pub fn compile(source: Snapshot, jwks: &JwksRegistry) -> Result<Self, ValidationErrors> {
+        Self::compile_for_hosts(source, jwks, &UpstreamHostAllowlist::Any)
+    }
+
+    /// Compiles every server, reporting every problem with its field path. JWKS URLs are
+    /// looked up in (or added to) `jwks`, which starts fetching new ones right away. A
+    /// server whose upstream host `allowed_upstream_hosts` refuses does not compile.
+    pub fn compile_for_hosts(
+        source: Snapshot,
+        jwks: &JwksRegistry,
+        allowed_upstream_hosts: &UpstreamHostAllowlist,
+    ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let mut servers = HashMap::with_capacity(source.servers.len());
         for (name, server) in &source.servers {
-            match CompiledServer::compile(server, jwks) {
+            match CompiledServer::compile(server, jwks, allowed_upstream_hosts) {
                 Ok(compiled) => {
                     servers.insert(name.to_string(), compiled);
                 }
@@ -79,8 +91,19 @@ impl CompiledServer {
     pub fn compile(
         server: &McpServer<SecretValue>,
         jwks: &JwksRegistry,
+        allowed_upstream_hosts: &UpstreamHostAllowlist,
     ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
+        let upstream_host = server.upstream_url.host_str().unwrap_or_default();
+        if !allowed_upstream_hosts.allows(upstream_host) {
+            // An SSRF guard: whoever writes configuration cannot point this node anywhere.
+            errors.push(
+                "upstream_url",
+                format!(
+                    "upstream host {upstream_host} is not allowed on this node (--allowed-upstream-hosts)"
+                ),
+            );
+        }
         let upstream = UpstreamTarget::from_url(&server.upstream_url)
             .map_err(|message| errors.push("upstream_url", message))
             .ok();
@@ -241,7 +264,7 @@ pub(crate) mod tests {
     pub(crate) fn server_with_origins(origins: &[&str]) -> CompiledServer {
         let mut server = domain_server(AppAuth::Passthrough);
         server.allowed_origins = origins.iter().map(|origin| (*origin).to_owned()).collect();
-        CompiledServer::compile(&server, &test_registry()).unwrap()
+        CompiledServer::compile(&server, &test_registry(), &UpstreamHostAllowlist::Any).unwrap()
     }
 
     /// A registry whose fetcher serves nothing; for snapshots without JWKS URLs.
@@ -288,7 +311,12 @@ pub(crate) mod tests {
         let jwks = Arc::new(test_registry());
         let registry = jwks.clone();
         let compiled = tokio::task::spawn_blocking(move || {
-            CompiledServer::compile(&server_with_jwks_url(), &registry).map(|_| ())
+            CompiledServer::compile(
+                &server_with_jwks_url(),
+                &registry,
+                &UpstreamHostAllowlist::Any,
+            )
+            .map(|_| ())
         })
         .await
         .unwrap();
@@ -297,9 +325,13 @@ pub(crate) mod tests {
         assert!(jwks.is_empty());
         // Outside any runtime the URL cannot be fetched: a clear compile error, no panic.
         let outside = std::thread::spawn(|| {
-            CompiledServer::compile(&server_with_jwks_url(), &test_registry())
-                .unwrap_err()
-                .to_string()
+            CompiledServer::compile(
+                &server_with_jwks_url(),
+                &test_registry(),
+                &UpstreamHostAllowlist::Any,
+            )
+            .unwrap_err()
+            .to_string()
         })
         .join()
         .unwrap();
@@ -307,6 +339,33 @@ pub(crate) mod tests {
             outside.contains("agent_auth.jwt_validation.jwks_url"),
             "{outside}"
         );
+    }
+
+    #[test]
+    fn a_server_on_a_host_outside_the_allowlist_does_not_compile() {
+        let allowlist = UpstreamHostAllowlist::parse("*.svc.cluster.local").unwrap();
+        let mut snapshot = Snapshot {
+            version: 3,
+            ..Snapshot::default()
+        };
+        let server = domain_server(AppAuth::Passthrough);
+        snapshot.servers.insert(server.name.clone(), server);
+        let errors =
+            CompiledSnapshot::compile_for_hosts(snapshot.clone(), &test_registry(), &allowlist)
+                .unwrap_err();
+        assert_eq!(errors.violations.len(), 1, "{errors}");
+        assert_eq!(errors.violations[0].field, "servers[demo].upstream_url");
+        assert!(
+            errors.violations[0]
+                .message
+                .contains("upstream host 127.0.0.1 is not allowed"),
+            "{errors}"
+        );
+
+        let loopback = UpstreamHostAllowlist::parse("127.0.0.1").unwrap();
+        let compiled =
+            CompiledSnapshot::compile_for_hosts(snapshot, &test_registry(), &loopback).unwrap();
+        assert!(compiled.server("demo").is_some());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! [`Strings`] trait, so tests pass a map instead of mutating the process environment.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,7 @@ pub mod env {
         "PORTCULLIS_NODE_UPSTREAM_FIRST_BYTE_TIMEOUT_MS";
     pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_UPSTREAM_IDLE_TIMEOUT_SECS";
     pub const DRAIN_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_DRAIN_TIMEOUT_SECS";
+    pub const ALLOWED_UPSTREAM_HOSTS: &str = "PORTCULLIS_NODE_ALLOWED_UPSTREAM_HOSTS";
     pub const LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
 }
 
@@ -129,6 +130,11 @@ pub struct RawNodeConfig {
     /// Log format: text or json [default: text] [env: PORTCULLIS_LOG_FORMAT]
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Upstream hosts snapshots may name, comma-separated: exact names or IP addresses, and
+    /// `*.example.com` for every host under a domain [default: any host]
+    /// [env: PORTCULLIS_NODE_ALLOWED_UPSTREAM_HOSTS]
+    #[arg(long)]
+    pub allowed_upstream_hosts: Option<String>,
 }
 
 /// How log lines are written (always to stderr; stdout carries only the listening line).
@@ -182,6 +188,136 @@ pub struct NodeConfig {
     pub limits: ProxyLimits,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    pub allowed_upstream_hosts: UpstreamHostAllowlist,
+}
+
+/// The upstream hosts this node proxies to: a guard against server-side request forgery by
+/// whoever can write configuration. A snapshot naming any other host does not compile on
+/// this node, so it is NACKed and the node keeps serving the previous one.
+///
+/// Hosts are compared as written in the upstream URL (case-insensitively, IP addresses in
+/// canonical form); names are not resolved, so pair a name list with network policy if a
+/// name could resolve to an internal address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UpstreamHostAllowlist {
+    /// No restriction (the default).
+    #[default]
+    Any,
+    /// Only hosts matching one of these patterns.
+    Only(Vec<HostPattern>),
+}
+
+/// One entry of an [`UpstreamHostAllowlist`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// This host name (lowercase, no trailing dot).
+    Name(String),
+    /// This IP address.
+    Address(IpAddr),
+    /// Every host name strictly under this domain (`*.svc.cluster.local` matches
+    /// `a.svc.cluster.local` and `a.b.svc.cluster.local`, not `svc.cluster.local`).
+    Subdomains(String),
+}
+
+/// Lowercase, without IPv6 brackets or a trailing dot, so spellings compare equal.
+fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Letters, digits, `-` and `_` in non-empty dot-separated labels.
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.split('.').any(|label| {
+        label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        return Err(
+            "is not a host name (letters, digits, '-', '_' in dot-separated labels; no port)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let normalized = normalize_host(text);
+        if let Ok(address) = normalized.parse::<IpAddr>() {
+            return Ok(Self::Address(address));
+        }
+        if let Some(domain) = normalized.strip_prefix("*.") {
+            check_host_name(domain).map_err(|message| format!("{text:?}: domain {message}"))?;
+            return Ok(Self::Subdomains(domain.to_owned()));
+        }
+        if normalized.contains('*') {
+            return Err(format!(
+                "{text:?}: a wildcard must be the whole first label, as in *.example.com"
+            ));
+        }
+        check_host_name(&normalized).map_err(|message| format!("{text:?} {message}"))?;
+        Ok(Self::Name(normalized))
+    }
+
+    fn matches(&self, host: &str, address: Option<IpAddr>) -> bool {
+        match self {
+            Self::Name(name) => address.is_none() && host == name,
+            Self::Address(allowed) => address == Some(*allowed),
+            Self::Subdomains(domain) => {
+                address.is_none()
+                    && host.len() > domain.len() + 1
+                    && host.ends_with(domain.as_str())
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+impl UpstreamHostAllowlist {
+    /// Parses a comma-separated list; `*` alone allows any host.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut patterns = Vec::new();
+        let mut problems = Vec::new();
+        for entry in text.split(',').map(str::trim) {
+            if entry.is_empty() {
+                problems.push("empty entry".to_owned());
+            } else if entry == "*" {
+                return Ok(Self::Any);
+            } else {
+                match HostPattern::parse(entry) {
+                    Ok(pattern) => patterns.push(pattern),
+                    Err(message) => problems.push(message),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self::Only(patterns))
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Whether `host` (as `Url::host_str` gives it: IPv6 in brackets) may be an upstream.
+    pub fn allows(&self, host: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(patterns) => {
+                let host = normalize_host(host);
+                let address = host.parse::<IpAddr>().ok();
+                patterns
+                    .iter()
+                    .any(|pattern| pattern.matches(&host, address))
+            }
+        }
+    }
 }
 
 /// Node ids travel in logs, audit records and fleet status: keep them plain.
@@ -442,6 +578,15 @@ impl RawNodeConfig {
             }
         };
 
+        let allowed_upstream_hosts =
+            match pick(self.allowed_upstream_hosts, env::ALLOWED_UPSTREAM_HOSTS) {
+                None => UpstreamHostAllowlist::Any,
+                Some(text) => UpstreamHostAllowlist::parse(&text).unwrap_or_else(|message| {
+                    errors.push("allowed_upstream_hosts", message);
+                    UpstreamHostAllowlist::Any
+                }),
+            };
+
         match (listen, control_plane_url, node_token, state_dir, state_key) {
             (Some(listen), Some(url), Some(node_token), Some(state_dir), Some(state_key))
                 if errors.is_empty() =>
@@ -460,6 +605,7 @@ impl RawNodeConfig {
                     limits,
                     drain_timeout,
                     log_format,
+                    allowed_upstream_hosts,
                 })
             }
             _ => Err(errors),
@@ -593,6 +739,99 @@ mod tests {
 
     fn hex_key() -> String {
         "2a".repeat(32)
+    }
+
+    #[test]
+    fn any_upstream_host_is_allowed_by_default() {
+        let config = RawNodeConfig::default().validate(&complete_env()).unwrap();
+        assert_eq!(config.allowed_upstream_hosts, UpstreamHostAllowlist::Any);
+        assert!(config.allowed_upstream_hosts.allows("169.254.169.254"));
+    }
+
+    #[test]
+    fn allowed_upstream_hosts_come_from_the_flag_or_the_environment() {
+        let mut environment = complete_env();
+        environment.insert(
+            env::ALLOWED_UPSTREAM_HOSTS.to_owned(),
+            "127.0.0.1, *.svc.cluster.local".to_owned(),
+        );
+        let config = RawNodeConfig::default().validate(&environment).unwrap();
+        assert!(config.allowed_upstream_hosts.allows("127.0.0.1"));
+        assert!(
+            config
+                .allowed_upstream_hosts
+                .allows("mcp.svc.cluster.local")
+        );
+        assert!(!config.allowed_upstream_hosts.allows("example.com"));
+
+        let raw = RawNodeConfig {
+            allowed_upstream_hosts: Some("example.com".to_owned()),
+            ..RawNodeConfig::default()
+        };
+        let config = raw.validate(&environment).unwrap();
+        assert!(config.allowed_upstream_hosts.allows("example.com"));
+        assert!(!config.allowed_upstream_hosts.allows("127.0.0.1"));
+    }
+
+    #[test]
+    fn host_patterns_match_names_addresses_and_subdomains() {
+        let allowlist =
+            UpstreamHostAllowlist::parse("127.0.0.1,[::1],Api.Example.com.,*.svc.cluster.local")
+                .unwrap();
+        for allowed in [
+            "127.0.0.1",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]",
+            "api.example.com",
+            "API.EXAMPLE.COM",
+            "api.example.com.",
+            "mcp.svc.cluster.local",
+            "a.b.svc.cluster.local",
+        ] {
+            assert!(allowlist.allows(allowed), "{allowed} must be allowed");
+        }
+        for refused in [
+            "127.0.0.2",
+            "localhost",
+            "[::2]",
+            "example.com",
+            "evil-api.example.com",
+            "api.example.com.evil.net",
+            "svc.cluster.local",
+            "evilsvc.cluster.local",
+            "mcp.svc.cluster.local.evil.net",
+            "",
+        ] {
+            assert!(!allowlist.allows(refused), "{refused} must be refused");
+        }
+        assert!(
+            UpstreamHostAllowlist::parse("*")
+                .unwrap()
+                .allows("anything.example")
+        );
+        assert!(
+            UpstreamHostAllowlist::parse("a.example, *")
+                .unwrap()
+                .allows("b.example")
+        );
+        // A wildcard domain never matches an IP address that happens to end like it.
+        let numeric = UpstreamHostAllowlist::parse("*.0.1").unwrap();
+        assert!(!numeric.allows("127.0.0.1"));
+    }
+
+    #[test]
+    fn bad_host_patterns_are_all_reported() {
+        let error =
+            UpstreamHostAllowlist::parse("a.example,, api.*.example, host:8080, *.").unwrap_err();
+        assert!(error.contains("empty entry"), "{error}");
+        assert!(error.contains("\"api.*.example\": a wildcard"), "{error}");
+        assert!(error.contains("\"host:8080\""), "{error}");
+        assert!(error.contains("\"*.\": a wildcard"), "{error}");
+
+        let mut environment = complete_env();
+        environment.insert(env::ALLOWED_UPSTREAM_HOSTS.to_owned(), " ".to_owned());
+        let errors = RawNodeConfig::default().validate(&environment).unwrap_err();
+        assert_eq!(errors.violations[0].field, "allowed_upstream_hosts");
     }
 
     #[test]

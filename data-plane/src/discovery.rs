@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
+use crate::config::UpstreamHostAllowlist;
 use crate::jwt::JwksRegistry;
 use crate::store::SnapshotStore;
 
@@ -132,6 +133,8 @@ pub struct DiscoveryOptions {
     pub ca_pem: Option<Vec<u8>>,
     pub node_token: SecretValue,
     pub backoff: BackoffPolicy,
+    /// Snapshots naming other upstream hosts do not compile (and are NACKed).
+    pub allowed_upstream_hosts: UpstreamHostAllowlist,
 }
 
 /// Keeps the node's snapshot current.
@@ -324,10 +327,12 @@ impl DiscoveryClient {
         }
         // Validation and compilation walk the whole snapshot: off the reactor.
         let jwks = self.jwks.clone();
+        let allowed_upstream_hosts = self.options.allowed_upstream_hosts.clone();
         let (compiled, message) = tokio::task::spawn_blocking(move || {
             let snapshot = Snapshot::try_from(message.clone()).map_err(ApplyError::Invalid)?;
             let compiled =
-                CompiledSnapshot::compile(snapshot, &jwks).map_err(ApplyError::Compile)?;
+                CompiledSnapshot::compile_for_hosts(snapshot, &jwks, &allowed_upstream_hosts)
+                    .map_err(ApplyError::Compile)?;
             Ok::<_, ApplyError>((compiled, message))
         })
         .await??;

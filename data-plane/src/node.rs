@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, UpstreamHostAllowlist};
 use crate::discovery::{BackoffPolicy, DiscoveryClient, DiscoveryOptions};
 use crate::jwt::{JwksPolicy, JwksRegistry};
 use crate::proxy::{NodeState, router};
@@ -50,7 +50,9 @@ impl Node {
         let store = SnapshotStore::new(&config.state_dir, config.state_key.clone());
         let jwks =
             Arc::new(JwksRegistry::new(JwksPolicy::default()).map_err(StartError::JwksClient)?);
-        let slot = Arc::new(SnapshotSlot::new(load_persisted(&store, &jwks).await));
+        let slot = Arc::new(SnapshotSlot::new(
+            load_persisted(&store, &jwks, &config.allowed_upstream_hosts).await,
+        ));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -80,6 +82,7 @@ impl Node {
                 ca_pem: config.control_plane.ca_pem,
                 node_token: config.control_plane.node_token,
                 backoff: BackoffPolicy::default(),
+                allowed_upstream_hosts: config.allowed_upstream_hosts,
             },
             slot,
             jwks,
@@ -130,25 +133,29 @@ impl Node {
 
 /// The last good snapshot from disk, validated and compiled, or nothing. A file that
 /// cannot be used is logged and ignored: the control plane will send a fresh snapshot.
+/// A file naming an upstream host this node no longer allows is one that cannot be used.
 pub async fn load_persisted(
     store: &SnapshotStore,
     jwks: &JwksRegistry,
+    allowed_upstream_hosts: &UpstreamHostAllowlist,
 ) -> Option<CompiledSnapshot> {
     match store.load().await {
         Ok(None) => {
             info!(path = %store.path().display(), "no persisted snapshot: not ready until the control plane sends one");
             None
         }
-        Ok(Some(snapshot)) => match CompiledSnapshot::compile(snapshot, jwks) {
-            Ok(compiled) => {
-                info!(version = compiled.version, "serving the persisted snapshot");
-                Some(compiled)
+        Ok(Some(snapshot)) => {
+            match CompiledSnapshot::compile_for_hosts(snapshot, jwks, allowed_upstream_hosts) {
+                Ok(compiled) => {
+                    info!(version = compiled.version, "serving the persisted snapshot");
+                    Some(compiled)
+                }
+                Err(errors) => {
+                    error!(%errors, "the persisted snapshot does not compile: ignored");
+                    None
+                }
             }
-            Err(errors) => {
-                error!(%errors, "the persisted snapshot does not compile: ignored");
-                None
-            }
-        },
+        }
         Err(load_error) => {
             error!(error = %load_error, path = %store.path().display(), "cannot use the persisted snapshot: ignored");
             None

@@ -1095,6 +1095,7 @@ mod discovery {
                     initial: Duration::from_millis(20),
                     max: Duration::from_millis(200),
                 },
+                allowed_upstream_hosts: portcullis_data_plane::config::UpstreamHostAllowlist::Any,
             };
             let shutdown = CancellationToken::new();
             let jwks = Arc::new(JwksRegistry::new(JwksPolicy::default()).unwrap());
