@@ -29,6 +29,7 @@ use crate::events::{AggregateKey, AggregateKind, Event};
 use crate::fleet::Fleet;
 use crate::secrets::SealedSecret;
 use crate::state::State;
+use crate::vault::{LinkKey, LinkState, Vault};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -38,6 +39,7 @@ pub struct AdminApi {
     engine: Arc<Engine>,
     access: Arc<AccessList>,
     fleet: Arc<Fleet>,
+    vault: Arc<Vault>,
 }
 
 /// What a method needs from its caller.
@@ -48,11 +50,17 @@ enum Need {
 }
 
 impl AdminApi {
-    pub fn new(engine: Arc<Engine>, access: Arc<AccessList>, fleet: Arc<Fleet>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        access: Arc<AccessList>,
+        fleet: Arc<Fleet>,
+        vault: Arc<Vault>,
+    ) -> Self {
         Self {
             engine,
             access,
             fleet,
+            vault,
         }
     }
 
@@ -778,6 +786,83 @@ impl AdminService for AdminApi {
             revoked_at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
         };
         self.write(&principal, command).await
+    }
+
+    async fn list_user_links(
+        &self,
+        request: Request<proto::ListUserLinksRequest>,
+    ) -> Result<Response<proto::ListUserLinksReply>, Status> {
+        self.authorize(&request, Need::Read)?;
+        let filter = request.into_inner();
+        let vault = self.vault.clone();
+        let links = tokio::task::spawn_blocking(move || vault.list())
+            .await
+            .map_err(|error| internal("listing links", &error))?
+            .map_err(|error| internal("listing links", &error))?;
+        let matches = |key: &LinkKey| {
+            (filter.app_id.is_empty() || key.app_id.as_str() == filter.app_id)
+                && (filter.identity_provider.is_empty()
+                    || key.identity_provider.as_str() == filter.identity_provider)
+                && (filter.subject.is_empty() || key.subject.as_str() == filter.subject)
+        };
+        let mut views: Vec<proto::UserLink> = links
+            .into_iter()
+            .filter(|(key, _)| matches(key))
+            .map(|(key, link)| proto::UserLink {
+                app_id: key.app_id.to_string(),
+                identity_provider: key.identity_provider.to_string(),
+                subject: key.subject.to_string(),
+                status: match link.state {
+                    LinkState::Connected => "connected",
+                    LinkState::Broken => "broken",
+                }
+                .to_owned(),
+                reason: link.reason,
+                connected_at_unix: link.connected_at_unix,
+                refreshed_at_unix: link.refreshed_at_unix,
+                expires_at_unix: link.expires_at_unix,
+                scope: link.scope,
+            })
+            .collect();
+        // Asked about one user and one app that have no link: say it is missing.
+        if views.is_empty()
+            && !filter.app_id.is_empty()
+            && !filter.identity_provider.is_empty()
+            && !filter.subject.is_empty()
+        {
+            views.push(proto::UserLink {
+                app_id: filter.app_id,
+                identity_provider: filter.identity_provider,
+                subject: filter.subject,
+                status: "missing".to_owned(),
+                reason: "the user has not connected this app".to_owned(),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(proto::ListUserLinksReply { links: views }))
+    }
+
+    async fn delete_user_link(
+        &self,
+        request: Request<proto::DeleteUserLinkRequest>,
+    ) -> Result<Response<proto::DeleteUserLinkReply>, Status> {
+        let principal = self.authorize(&request, Need::Write)?;
+        let request = request.into_inner();
+        let key = LinkKey {
+            app_id: parse_field("app_id", CatalogId::parse(&request.app_id))?,
+            identity_provider: parse_field(
+                "identity_provider",
+                CatalogId::parse(&request.identity_provider),
+            )?,
+            subject: parse_field("subject", UserId::parse(&request.subject))?,
+        };
+        let deleted = self
+            .vault
+            .delete(&key)
+            .await
+            .map_err(|error| internal("deleting a link", &error))?;
+        tracing::info!(actor = %principal.name, app = %key.app_id, user = %key.subject, deleted, "account link deleted by an admin");
+        Ok(Response::new(proto::DeleteUserLinkReply { deleted }))
     }
 }
 

@@ -8,9 +8,14 @@ use portcullis_proto::v1 as proto;
 use portcullis_proto::v1::node_runtime_server::NodeRuntime;
 use tonic::{Request, Response, Status};
 
+use portcullis_shared::names::{CatalogId, UserId};
+use portcullis_shared::secret::SecretValue;
+use tokio::sync::broadcast::error::RecvError;
+
 use crate::access::{AccessList, Principal, Role, bearer_token};
 use crate::commands::Command;
 use crate::engine::Engine;
+use crate::vault::{LinkKey, LinkState, NewTokens, TokenLookup, Vault, VaultError};
 
 /// Authenticates a node by its bearer token.
 pub fn authenticate_node(
@@ -93,17 +98,63 @@ pub struct RuntimeApi {
     engine: Arc<Engine>,
     access: Arc<AccessList>,
     once: Arc<OnceStore>,
+    vault: Arc<Vault>,
 }
 
 impl RuntimeApi {
-    pub fn new(engine: Arc<Engine>, access: Arc<AccessList>, once: Arc<OnceStore>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        access: Arc<AccessList>,
+        once: Arc<OnceStore>,
+        vault: Arc<Vault>,
+    ) -> Self {
         Self {
             engine,
             access,
             once,
+            vault,
         }
     }
 }
+
+/// The link key of a request, validated.
+fn link_key(app_id: &str, user: Option<proto::UserRef>) -> Result<LinkKey, Status> {
+    let user = user.ok_or_else(|| Status::invalid_argument("user: required"))?;
+    Ok(LinkKey {
+        app_id: CatalogId::parse(app_id)
+            .map_err(|error| Status::invalid_argument(format!("app_id: {error}")))?,
+        identity_provider: CatalogId::parse(&user.identity_provider).map_err(|error| {
+            Status::invalid_argument(format!("user.identity_provider: {error}"))
+        })?,
+        subject: UserId::parse(&user.subject)
+            .map_err(|error| Status::invalid_argument(format!("user.subject: {error}")))?,
+    })
+}
+
+fn vault_status(error: VaultError) -> Status {
+    match &error {
+        VaultError::UnknownApp(_) => Status::not_found(error.to_string()),
+        VaultError::ProviderRejectedClient { .. } => Status::failed_precondition(error.to_string()),
+        VaultError::ProviderUnavailable(_) | VaultError::ProviderMalformed(_) => {
+            Status::unavailable(error.to_string())
+        }
+        VaultError::Secret(_) | VaultError::Storage(_) => {
+            tracing::error!(%error, "vault operation failed");
+            Status::internal("internal error; the control plane log has the details")
+        }
+    }
+}
+
+fn link_status(state: Option<LinkState>) -> proto::LinkStatus {
+    match state {
+        None => proto::LinkStatus::Missing,
+        Some(LinkState::Connected) => proto::LinkStatus::Connected,
+        Some(LinkState::Broken) => proto::LinkStatus::Broken,
+    }
+}
+
+type ChangeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::UserTokenChange, Status>> + Send>>;
 
 /// Sweeps expired one-time records every minute until the process stops.
 pub fn spawn_sweeper(once: Arc<OnceStore>) {
@@ -174,6 +225,153 @@ impl NodeRuntime for RuntimeApi {
             .map_err(|error| Status::new(error.code().grpc_code(), error.to_string()))?;
         Ok(Response::new(proto::RevokeGrantReply {
             revision: outcome.revision,
+        }))
+    }
+
+    async fn get_user_token(
+        &self,
+        request: Request<proto::GetUserTokenRequest>,
+    ) -> Result<Response<proto::GetUserTokenReply>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let request = request.into_inner();
+        let key = link_key(&request.app_id, request.user)?;
+        let lookup = self
+            .vault
+            .get(&key, request.min_valid_secs.min(3600))
+            .await
+            .map_err(vault_status)?;
+        Ok(Response::new(match lookup {
+            TokenLookup::Missing => proto::GetUserTokenReply {
+                status: proto::LinkStatus::Missing as i32,
+                ..Default::default()
+            },
+            TokenLookup::Broken { reason } => proto::GetUserTokenReply {
+                status: proto::LinkStatus::Broken as i32,
+                reason,
+                ..Default::default()
+            },
+            TokenLookup::Connected {
+                access_token,
+                token_type,
+                expires_at_unix,
+                scope,
+            } => proto::GetUserTokenReply {
+                status: proto::LinkStatus::Connected as i32,
+                access_token: access_token.expose().to_owned(),
+                token_type,
+                expires_at_unix,
+                scope,
+                reason: String::new(),
+            },
+        }))
+    }
+
+    async fn put_user_token(
+        &self,
+        request: Request<proto::PutUserTokenRequest>,
+    ) -> Result<Response<proto::PutUserTokenReply>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let request = request.into_inner();
+        let key = link_key(&request.app_id, request.user)?;
+        if request.access_token.is_empty() || request.access_token.len() > 16 * 1024 {
+            return Err(Status::invalid_argument(
+                "access_token: must be 1 byte to 16 KiB",
+            ));
+        }
+        if request.refresh_token.len() > 16 * 1024 {
+            return Err(Status::invalid_argument(
+                "refresh_token: must be at most 16 KiB",
+            ));
+        }
+        let tokens = NewTokens {
+            access_token: SecretValue::new(request.access_token),
+            refresh_token: Some(request.refresh_token)
+                .filter(|token| !token.is_empty())
+                .map(SecretValue::new),
+            token_type: if request.token_type.is_empty() {
+                "Bearer".to_owned()
+            } else {
+                request.token_type
+            },
+            expires_at_unix: request.expires_at_unix,
+            scope: request.scope,
+        };
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || vault.put(&key, tokens))
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+            .map_err(vault_status)?;
+        Ok(Response::new(proto::PutUserTokenReply {}))
+    }
+
+    type WatchUserTokensStream = ChangeStream;
+
+    async fn watch_user_tokens(
+        &self,
+        request: Request<proto::WatchUserTokensRequest>,
+    ) -> Result<Response<Self::WatchUserTokensStream>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let mut changes = self.vault.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // The first message confirms the watch, and tells a reconnecting node to drop
+            // whatever it cached while it was not watching.
+            let reset = proto::UserTokenChange {
+                reset: true,
+                ..Default::default()
+            };
+            if sender.send(Ok(reset)).await.is_err() {
+                return;
+            }
+            loop {
+                let message = match changes.recv().await {
+                    Ok(change) => proto::UserTokenChange {
+                        app_id: change.key.app_id.to_string(),
+                        user: Some(proto::UserRef {
+                            identity_provider: change.key.identity_provider.to_string(),
+                            subject: change.key.subject.to_string(),
+                        }),
+                        status: link_status(change.state) as i32,
+                        reset: false,
+                    },
+                    Err(RecvError::Lagged(_)) => proto::UserTokenChange {
+                        reset: true,
+                        ..Default::default()
+                    },
+                    Err(RecvError::Closed) => break,
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn get_user_credential(
+        &self,
+        request: Request<proto::GetUserCredentialRequest>,
+    ) -> Result<Response<proto::GetUserCredentialReply>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let request = request.into_inner();
+        let credential_id = CatalogId::parse(&request.credential_id)
+            .map_err(|error| Status::invalid_argument(format!("credential_id: {error}")))?;
+        let user = request
+            .user
+            .ok_or_else(|| Status::invalid_argument("user: required"))?;
+        let subject = UserId::parse(&user.subject)
+            .map_err(|error| Status::invalid_argument(format!("user.subject: {error}")))?;
+        let value = self
+            .vault
+            .user_credential(&credential_id, &subject)
+            .map_err(vault_status)?;
+        Ok(Response::new(proto::GetUserCredentialReply {
+            found: value.is_some(),
+            value: value
+                .map(|value| value.expose().to_owned())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::fleet::Fleet;
 use crate::runtime::{OnceStore, RuntimeApi, spawn_sweeper};
 use crate::secrets::{MasterKey, SecretError};
+use crate::vault::Vault;
 use portcullis_proto::v1::node_runtime_server::NodeRuntimeServer;
 
 /// Validated control-plane settings.
@@ -63,6 +64,7 @@ pub struct ControlPlane {
     pub access: Arc<AccessList>,
     pub fleet: Arc<Fleet>,
     pub once: Arc<OnceStore>,
+    pub vault: Arc<Vault>,
 }
 
 impl ControlPlane {
@@ -82,12 +84,21 @@ impl ControlPlane {
         let once = Arc::new(OnceStore::open(engine.store().db()).map_err(|error| {
             StartError::Engine(EngineError::Store(crate::store::StoreError::Sled(error)))
         })?);
+        let vault = Arc::new(
+            Vault::open(
+                engine.store().db(),
+                engine.secrets().clone(),
+                engine.subscribe_state(),
+            )
+            .map_err(|error| StartError::Bootstrap(error.to_string()))?,
+        );
         bootstrap_gateway_keys(&engine).await?;
         Ok(Self {
             engine,
             access,
             fleet: Arc::new(Fleet::default()),
             once,
+            vault,
         })
     }
 
@@ -109,8 +120,18 @@ impl ControlPlane {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|error| StartError::Reflection(error.to_string()))?;
-        let admin = AdminApi::new(self.engine.clone(), self.access.clone(), self.fleet.clone());
-        let runtime = RuntimeApi::new(self.engine.clone(), self.access.clone(), self.once.clone());
+        let admin = AdminApi::new(
+            self.engine.clone(),
+            self.access.clone(),
+            self.fleet.clone(),
+            self.vault.clone(),
+        );
+        let runtime = RuntimeApi::new(
+            self.engine.clone(),
+            self.access.clone(),
+            self.once.clone(),
+            self.vault.clone(),
+        );
         spawn_sweeper(self.once.clone());
         let discovery = DiscoveryApi::new(
             self.engine.subscribe_snapshots(),

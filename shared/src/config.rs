@@ -229,6 +229,32 @@ pub struct OAuthApp<S> {
     pub client_secret: Option<S>,
     pub default_scopes: Vec<Scope>,
     pub extra_authorize_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
+}
+
+/// How the gateway authenticates to an OAuth app's token endpoint. Providers differ, so it
+/// is a setting of the app, not a code branch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    /// HTTP Basic with the client id and secret (RFC 6749 section 2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// Client id and secret in the form body (GitHub, Slack).
+    ClientSecretPost,
+    /// No client secret: a public client, PKCE only.
+    None,
+}
+
+impl TokenEndpointAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
+            TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
+            TokenEndpointAuthMethod::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +448,7 @@ impl<S> WithSecrets<S> for OAuthApp<S> {
                 .transpose()?,
             default_scopes: self.default_scopes,
             extra_authorize_params: self.extra_authorize_params,
+            token_endpoint_auth_method: self.token_endpoint_auth_method,
         })
     }
 }

@@ -14,8 +14,8 @@ use url::Url;
 use crate::config::{
     AgentAuth, AgentAuthMode, ApiKeyLocation, AppAuth, ClientCredentials, CredentialScope,
     CustomValue, DEFAULT_REQUESTED_TOKEN_TYPE, IdentityProvider, JwksSource, JwtValidation,
-    McpServer, OAuthApp, OutboundHeader, OutboundSource, StoredCredential, TokenExchange,
-    Transport,
+    McpServer, OAuthApp, OutboundHeader, OutboundSource, StoredCredential, TokenEndpointAuthMethod,
+    TokenExchange, Transport,
 };
 use crate::names::{
     CatalogId, ClaimName, HeaderName, HeaderPattern, Scope, ServerName, UrlPolicy,
@@ -850,6 +850,20 @@ impl TryFrom<proto::OAuthApp> for OAuthApp<SecretInput> {
             }
         }
         let display_name = text(&mut errors, "display_name", app.display_name);
+        let token_endpoint_auth_method = match app.token_endpoint_auth_method.as_str() {
+            "" | "client_secret_basic" => TokenEndpointAuthMethod::ClientSecretBasic,
+            "client_secret_post" => TokenEndpointAuthMethod::ClientSecretPost,
+            "none" => TokenEndpointAuthMethod::None,
+            other => {
+                errors.push(
+                    "token_endpoint_auth_method",
+                    format!(
+                        "unknown method {other:?}: client_secret_basic, client_secret_post or none"
+                    ),
+                );
+                TokenEndpointAuthMethod::ClientSecretBasic
+            }
+        };
         match (app_id, authorize_url, token_url) {
             (Some(app_id), Some(authorize_url), Some(token_url)) if errors.is_empty() => {
                 Ok(OAuthApp {
@@ -862,6 +876,7 @@ impl TryFrom<proto::OAuthApp> for OAuthApp<SecretInput> {
                     client_secret,
                     default_scopes,
                     extra_authorize_params,
+                    token_endpoint_auth_method,
                 })
             }
             _ => Err(errors),
@@ -1120,6 +1135,7 @@ impl From<OAuthApp<proto::Secret>> for proto::OAuthApp {
             default_scopes: strings(&app.default_scopes),
             extra_authorize_params: app.extra_authorize_params.into_iter().collect(),
             display_name: app.display_name,
+            token_endpoint_auth_method: app.token_endpoint_auth_method.as_str().to_owned(),
         }
     }
 }

@@ -532,7 +532,7 @@ pub struct IdpPutArgs {
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
     /// Create or replace an OAuth app
-    Put(AppPutArgs),
+    Put(Box<AppPutArgs>),
     /// Show one OAuth app
     Get {
         app_id: String,
@@ -568,6 +568,10 @@ pub struct AppPutArgs {
     /// Extra authorization request parameter, e.g. access_type=offline (repeatable)
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub params: Vec<(String, String)>,
+    /// How to authenticate at the token endpoint: client_secret_basic (default),
+    /// client_secret_post (GitHub, Slack) or none
+    #[arg(long)]
+    pub token_endpoint_auth_method: Option<String>,
     #[arg(long)]
     pub display_name: Option<String>,
     #[command(flatten)]

@@ -962,6 +962,7 @@ pub fn oauth_app_definition(args: AppPutArgs) -> Result<document::OAuthApp, CliE
         client_secret: args.client_secret,
         default_scopes: args.scopes,
         extra_authorize_params,
+        token_endpoint_auth_method: args.token_endpoint_auth_method,
     })
 }
 
@@ -969,7 +970,7 @@ async fn app(session: &mut Session<'_>, command: AppCommand) -> Result<(), CliEr
     match command {
         AppCommand::Put(args) => {
             let write = args.write;
-            let app = oauth_app_definition(args)?;
+            let app = oauth_app_definition(*args)?;
             let id = app.app_id.clone();
             let app = app.to_proto(&session.secrets, "oauth_app")?;
             let reply = session

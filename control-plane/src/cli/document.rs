@@ -621,6 +621,9 @@ pub struct OAuthApp {
     pub default_scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_authorize_params: BTreeMap<String, String>,
+    /// client_secret_basic (the default), client_secret_post or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<String>,
 }
 
 /// A credential in the token vault. Per-user values are not part of the document: users
@@ -1102,6 +1105,7 @@ impl OAuthApp {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect(),
             display_name: self.display_name.clone(),
+            token_endpoint_auth_method: self.token_endpoint_auth_method.clone().unwrap_or_default(),
         })
     }
 }
@@ -1414,6 +1418,8 @@ impl OAuthApp {
             client_secret: None,
             default_scopes: app.default_scopes,
             extra_authorize_params: app.extra_authorize_params.into_iter().collect(),
+            token_endpoint_auth_method: optional(app.token_endpoint_auth_method)
+                .filter(|method| method != "client_secret_basic"),
         }
     }
 }

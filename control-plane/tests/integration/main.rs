@@ -7,3 +7,4 @@ mod crash;
 mod event_store;
 mod gateway;
 mod secrets_at_rest;
+mod vault;
