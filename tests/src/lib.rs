@@ -8,12 +8,17 @@
 //! - [`python_client`]: the official Python MCP SDK as a client.
 //! - [`node_clients`]: the MCP Inspector CLI and `mcp-remote-client` as clients.
 //! - [`conformance`]: the MCP conformance suite and its baselines.
+//! - [`gateway`]: Portcullis itself as real processes: a control plane, nodes, the admin
+//!   API, and the files they share.
+//! - [`mcp_http`]: a small MCP Streamable HTTP probe for tests that make many calls.
 //! - [`echo_upstream`], [`conformance_upstream`]: the test upstream servers themselves (their
 //!   binaries are thin wrappers around [`upstream_server`]).
 
 pub mod conformance;
 pub mod conformance_upstream;
 pub mod echo_upstream;
+pub mod gateway;
+pub mod mcp_http;
 pub mod node_clients;
 pub mod paths;
 pub mod process;
@@ -21,6 +26,7 @@ pub mod python_client;
 pub mod upstream_server;
 pub mod upstreams;
 
+pub use gateway::{ControlPlane, Gateway, GatewayFiles, Node};
 pub use process::{ChildProcess, scratch_dir};
 pub use python_client::python_mcp_client;
 pub use upstreams::{ConformanceUpstream, EchoUpstream, ServerEverything};

@@ -2,8 +2,12 @@
 //!
 //! Needs `tests/run.sh setup` (npm and pip test dependencies in `tests/.deps`) and
 //! `cargo build --workspace --bins`; `tests/run.sh` does both, then runs this.
+//!
+//! Modules named `gateway_*` put Portcullis itself in the path: a control plane and nodes
+//! as child processes (`portcullis_tests::gateway`), configured through the admin API.
 
 mod conformance_baselines;
+mod gateway_clients;
 mod harness;
 mod node_clients;
 mod python_client;
