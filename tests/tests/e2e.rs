@@ -8,6 +8,7 @@
 
 mod conformance_baselines;
 mod gateway_clients;
+mod gateway_conformance;
 mod harness;
 mod node_clients;
 mod python_client;
