@@ -8,16 +8,21 @@
 //! - [`python_client`]: the official Python MCP SDK as a client.
 //! - [`node_clients`]: the MCP Inspector CLI and `mcp-remote-client` as clients.
 //! - [`conformance`]: the MCP conformance suite and its baselines.
+//! - [`idp`]: the test identity provider (npm `oidc-provider`): OIDC, OAuth, client
+//!   credentials, token exchange, automatic login, counters under `/test/`.
+//! - [`browser`]: the headless stand-in browser for OAuth flows (also `BROWSER` for clients).
 //! - [`gateway`]: Portcullis itself as real processes: a control plane, nodes, the admin
 //!   API, and the files they share.
 //! - [`mcp_http`]: a small MCP Streamable HTTP probe for tests that make many calls.
 //! - [`echo_upstream`], [`conformance_upstream`]: the test upstream servers themselves (their
 //!   binaries are thin wrappers around [`upstream_server`]).
 
+pub mod browser;
 pub mod conformance;
 pub mod conformance_upstream;
 pub mod echo_upstream;
 pub mod gateway;
+pub mod idp;
 pub mod mcp_http;
 pub mod node_clients;
 pub mod paths;

@@ -11,5 +11,6 @@ mod gateway_app_auth;
 mod gateway_clients;
 mod gateway_conformance;
 mod harness;
+mod idp;
 mod node_clients;
 mod python_client;
