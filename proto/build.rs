@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/portcullis/v1/admin.proto",
         "proto/portcullis/v1/discovery.proto",
         "proto/portcullis/v1/runtime.proto",
+        "proto/portcullis/v1/audit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{AccessList, Principal, Role, bearer_token};
 use crate::apply::{ChangeAction, DesiredCredential, DesiredState};
+use crate::audit::AuditLog;
 use crate::commands::{Command, CommandError, OrgValue};
 use crate::engine::{Engine, WriteOutcome};
 use crate::events::{AggregateKey, AggregateKind, Event};
@@ -40,6 +41,7 @@ pub struct AdminApi {
     access: Arc<AccessList>,
     fleet: Arc<Fleet>,
     vault: Arc<Vault>,
+    audit: Arc<AuditLog>,
 }
 
 /// What a method needs from its caller.
@@ -55,28 +57,54 @@ impl AdminApi {
         access: Arc<AccessList>,
         fleet: Arc<Fleet>,
         vault: Arc<Vault>,
+        audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             engine,
             access,
             fleet,
             vault,
+            audit,
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, need: Need) -> Result<Principal, Status> {
-        let principal = bearer_token(request.metadata())
-            .and_then(|token| self.access.authenticate(token))
-            .ok_or_else(|| Status::unauthenticated("missing or invalid bearer token"))?;
-        match (principal.role, need) {
-            (Role::Admin, _) | (Role::Auditor, Need::Read) => Ok(principal),
-            (Role::Auditor, Need::Write) => {
-                Err(Status::permission_denied("the auditor role is read-only"))
+    /// Records a refused admin call in the audit trail, off the request path.
+    fn audit_refusal(&self, actor: &str, reason: &str, summary: String) {
+        let audit = self.audit.clone();
+        let event = crate::audit::local_event("auth_failure", actor, "rejected", reason, summary);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = audit.append(&[event]) {
+                tracing::error!(%error, "recording a refused admin call failed");
             }
-            (Role::Node, _) => Err(Status::permission_denied(
-                "node tokens may only stream snapshots",
-            )),
-        }
+        });
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, need: Need) -> Result<Principal, Status> {
+        let Some(principal) =
+            bearer_token(request.metadata()).and_then(|token| self.access.authenticate(token))
+        else {
+            self.audit_refusal(
+                "unknown",
+                "invalid_admin_token",
+                "an admin API call with a missing or invalid bearer token".to_owned(),
+            );
+            return Err(Status::unauthenticated("missing or invalid bearer token"));
+        };
+        let refusal = match (principal.role, need) {
+            (Role::Admin, _) | (Role::Auditor, Need::Read) => return Ok(principal),
+            (Role::Auditor, Need::Write) => "the auditor role is read-only",
+            (Role::Node, _) => "node tokens may only call the node APIs",
+        };
+        self.audit_refusal(
+            &principal.name,
+            "permission_denied",
+            format!(
+                "{} ({}) was refused: {refusal}",
+                principal.name,
+                principal.role.as_str()
+            ),
+        );
+        Err(Status::permission_denied(refusal))
     }
 
     async fn write(
@@ -863,6 +891,33 @@ impl AdminService for AdminApi {
             .map_err(|error| internal("deleting a link", &error))?;
         tracing::info!(actor = %principal.name, app = %key.app_id, user = %key.subject, deleted, "account link deleted by an admin");
         Ok(Response::new(proto::DeleteUserLinkReply { deleted }))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<proto::AuditQuery>,
+    ) -> Result<Response<proto::AuditPage>, Status> {
+        self.authorize(&request, Need::Read)?;
+        let query = request.into_inner();
+        let audit = self.audit.clone();
+        let page = tokio::task::spawn_blocking(move || audit.query(&query))
+            .await
+            .map_err(|error| internal("querying the audit trail", &error))?
+            .map_err(|error| internal("querying the audit trail", &error))?;
+        Ok(Response::new(page))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditReply>, Status> {
+        self.authorize(&request, Need::Read)?;
+        let audit = self.audit.clone();
+        let reply = tokio::task::spawn_blocking(move || audit.verify())
+            .await
+            .map_err(|error| internal("verifying the audit trail", &error))?
+            .map_err(|error| internal("verifying the audit trail", &error))?;
+        Ok(Response::new(reply))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod apply;
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod compile;

@@ -376,6 +376,41 @@ impl NodeRuntime for RuntimeApi {
     }
 }
 
+/// Audit event delivery from nodes.
+pub struct AuditIngestApi {
+    access: Arc<AccessList>,
+    audit: Arc<crate::audit::AuditLog>,
+}
+
+impl AuditIngestApi {
+    pub fn new(access: Arc<AccessList>, audit: Arc<crate::audit::AuditLog>) -> Self {
+        Self { access, audit }
+    }
+}
+
+#[tonic::async_trait]
+impl portcullis_proto::v1::audit_ingest_server::AuditIngest for AuditIngestApi {
+    async fn deliver(
+        &self,
+        request: Request<proto::AuditBatch>,
+    ) -> Result<Response<proto::AuditAck>, Status> {
+        authenticate_node(request.metadata(), &self.access)?;
+        let batch = request.into_inner();
+        let audit = self.audit.clone();
+        let (stored, duplicates) = tokio::task::spawn_blocking(move || audit.append(&batch.events))
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+            .map_err(|error| match error {
+                crate::audit::AuditError::Invalid(message) => Status::invalid_argument(message),
+                crate::audit::AuditError::Storage(message) => {
+                    tracing::error!(%message, "storing audit events failed");
+                    Status::unavailable("the audit trail cannot store events right now")
+                }
+            })?;
+        Ok(Response::new(proto::AuditAck { stored, duplicates }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::{AccessError, AccessList};
 use crate::admin::AdminApi;
+use crate::audit::AuditLog;
 use crate::discovery::DiscoveryApi;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::fleet::Fleet;
-use crate::runtime::{OnceStore, RuntimeApi, spawn_sweeper};
+use crate::runtime::{AuditIngestApi, OnceStore, RuntimeApi, spawn_sweeper};
 use crate::secrets::{MasterKey, SecretError};
 use crate::vault::Vault;
+use portcullis_proto::v1::audit_ingest_server::AuditIngestServer;
 use portcullis_proto::v1::node_runtime_server::NodeRuntimeServer;
 
 /// Validated control-plane settings.
@@ -65,6 +67,7 @@ pub struct ControlPlane {
     pub fleet: Arc<Fleet>,
     pub once: Arc<OnceStore>,
     pub vault: Arc<Vault>,
+    pub audit: Arc<AuditLog>,
 }
 
 impl ControlPlane {
@@ -84,11 +87,16 @@ impl ControlPlane {
         let once = Arc::new(OnceStore::open(engine.store().db()).map_err(|error| {
             StartError::Engine(EngineError::Store(crate::store::StoreError::Sled(error)))
         })?);
+        let audit = Arc::new(
+            AuditLog::open(engine.store().db())
+                .map_err(|error| StartError::Bootstrap(error.to_string()))?,
+        );
         let vault = Arc::new(
             Vault::open(
                 engine.store().db(),
                 engine.secrets().clone(),
                 engine.subscribe_state(),
+                audit.clone(),
             )
             .map_err(|error| StartError::Bootstrap(error.to_string()))?,
         );
@@ -99,6 +107,7 @@ impl ControlPlane {
             fleet: Arc::new(Fleet::default()),
             once,
             vault,
+            audit,
         })
     }
 
@@ -125,7 +134,11 @@ impl ControlPlane {
             self.access.clone(),
             self.fleet.clone(),
             self.vault.clone(),
+            self.audit.clone(),
         );
+        self.audit
+            .spawn_config_follower(self.engine.store().clone(), self.engine.subscribe_state());
+        let ingest = AuditIngestApi::new(self.access.clone(), self.audit.clone());
         let runtime = RuntimeApi::new(
             self.engine.clone(),
             self.access.clone(),
@@ -144,6 +157,7 @@ impl ControlPlane {
             .add_service(AdminServiceServer::new(admin))
             .add_service(ConfigDiscoveryServer::new(discovery))
             .add_service(NodeRuntimeServer::new(runtime))
+            .add_service(AuditIngestServer::new(ingest))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use crate::audit::{AuditLog, local_event};
 use crate::secrets::{SealedSecret, SecretError, SecretStore, WrappedDataKey};
 use crate::state::State;
 
@@ -162,6 +163,7 @@ pub struct Vault {
     http: reqwest::Client,
     refresh_locks: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
     changes: broadcast::Sender<Change>,
+    audit: Arc<AuditLog>,
 }
 
 fn now() -> i64 {
@@ -173,6 +175,7 @@ impl Vault {
         db: &sled::Db,
         secrets: Arc<SecretStore>,
         state: watch::Receiver<Arc<State>>,
+        audit: Arc<AuditLog>,
     ) -> Result<Self, VaultError> {
         let http = reqwest::Client::builder()
             .timeout(PROVIDER_TIMEOUT)
@@ -187,7 +190,19 @@ impl Vault {
             http,
             refresh_locks: Mutex::new(HashMap::new()),
             changes: broadcast::channel(CHANGE_QUEUE).0,
+            audit,
         })
+    }
+
+    /// Records a vault event in the audit trail. The trail failing must not undo what
+    /// already happened to the link, so a failure is logged loudly instead.
+    fn record(&self, kind: &str, key: &LinkKey, outcome: &str, reason: &str, summary: String) {
+        let mut event = local_event(kind, key.subject.as_str(), outcome, reason, summary);
+        event.credential_kind = "oauth_authorization".to_owned();
+        event.credential_id = key.app_id.to_string();
+        if let Err(error) = self.audit.append(&[event]) {
+            tracing::error!(%error, kind, "recording a vault event in the audit trail failed");
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -298,7 +313,18 @@ impl Vault {
             connected_at_unix: now,
             refreshed_at_unix: now,
         };
-        self.write(key, Some(&link), &new_keys)
+        self.write(key, Some(&link), &new_keys)?;
+        self.record(
+            "account_link",
+            key,
+            "connected",
+            "",
+            format!(
+                "{} ({}) connected {}",
+                key.subject, key.identity_provider, key.app_id
+            ),
+        );
+        Ok(())
     }
 
     /// Removes a link and destroys its tokens; tells the provider when it has a revocation
@@ -334,6 +360,16 @@ impl Vault {
             }
         }
         self.write(key, None, &[])?;
+        self.record(
+            "account_unlink",
+            key,
+            "disconnected",
+            "",
+            format!(
+                "{} ({}) disconnected {}",
+                key.subject, key.identity_provider, key.app_id
+            ),
+        );
         Ok(true)
     }
 
@@ -420,7 +456,19 @@ impl Vault {
                     tracing::warn!(app = %key.app_id, %message, "refresh failed, retrying once");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.record(
+                        "token_refresh_failure",
+                        key,
+                        "failed",
+                        "provider_error",
+                        format!(
+                            "refreshing {}'s {} token failed: {error}",
+                            key.subject, key.app_id
+                        ),
+                    );
+                    return Err(error);
+                }
             }
         };
         match response {
@@ -467,6 +515,13 @@ impl Vault {
 
     fn mark_broken(&self, key: &LinkKey, link: &Link, reason: &str) -> Result<(), VaultError> {
         tracing::warn!(app = %key.app_id, user = %key.subject, reason, "account link broken");
+        self.record(
+            "token_refresh_failure",
+            key,
+            "broken",
+            "invalid_grant",
+            format!("{}'s {} link is broken: {reason}", key.subject, key.app_id),
+        );
         let broken = Link {
             access_token: None,
             refresh_token: None,

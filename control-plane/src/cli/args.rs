@@ -81,6 +81,90 @@ pub enum Command {
     /// The gateway's own authorization server: signing and sealing keys, sign-outs
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// The audit trail: who did what, with which credential, when
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Users' account links to OAuth apps (per-user OAuth app auth)
+    #[command(subcommand)]
+    Link(LinkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Records matching the filters, oldest first, one page
+    Query(AuditQueryArgs),
+    /// Every record matching the filters, as JSON Lines
+    Export {
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        /// Write to this file instead of standard output
+        #[arg(short = 'o', long = "out")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check the hash chain: finds edited, deleted and reordered records
+    Verify,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilterArgs {
+    /// Who: a user subject, an admin token name, or a node
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[arg(long)]
+    pub server: Option<String>,
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// completed, rejected, upstream_failed, applied, ...
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// mcp_request, admin_change, account_link, account_unlink, token_refresh_failure,
+    /// auth_failure
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// From this time (RFC 3339, inclusive)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this time (RFC 3339, exclusive)
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditQueryArgs {
+    #[command(flatten)]
+    pub filters: AuditFilterArgs,
+    /// Only records with a sequence number above this one (from the previous page)
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// At most this many records
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LinkCommand {
+    /// Account links, with their status (connected, broken, missing) and why
+    List {
+        #[arg(long = "app")]
+        app_id: Option<String>,
+        #[arg(long = "idp")]
+        identity_provider: Option<String>,
+        #[arg(long = "user")]
+        subject: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Disconnect a user's account link; its tokens are destroyed
+    Delete {
+        #[arg(long = "app")]
+        app_id: String,
+        #[arg(long = "idp")]
+        identity_provider: String,
+        #[arg(long = "user")]
+        subject: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use super::args::{
     AgentAuthCommand, AggregateKindArg, AppAuthCommand, AppCommand, AppPutArgs, ApplyArgs,
-    ClientCredentialsArgs, Command, ConnectionArgs, CredentialCommand, CredentialPutArgs,
-    ExportArgs, GatewayCommand, HeaderAddArgs, HeaderCommand, HeaderPattern, IdpCommand,
-    IdpPutArgs, OutputArgs, PageArgs, ReadArgs, ServerCommand, ServerCreateArgs, ServerUpdateArgs,
-    WriteArgs,
+    AuditCommand, AuditFilterArgs, ClientCredentialsArgs, Command, ConnectionArgs,
+    CredentialCommand, CredentialPutArgs, ExportArgs, GatewayCommand, HeaderAddArgs, HeaderCommand,
+    HeaderPattern, IdpCommand, IdpPutArgs, LinkCommand, OutputArgs, PageArgs, ReadArgs,
+    ServerCommand, ServerCreateArgs, ServerUpdateArgs, WriteArgs,
 };
 use super::client::{AdminClient, connect};
 use super::document::{
@@ -144,6 +144,8 @@ pub async fn run(command: Command, session: &mut Session<'_>) -> Result<(), CliE
         Command::Apply(args) => apply(session, args).await,
         Command::Export(args) => export(session, args).await,
         Command::Gateway(command) => gateway(session, command).await,
+        Command::Audit(command) => audit(session, command).await,
+        Command::Link(command) => link(session, command).await,
         Command::Fleet(output) => {
             let reply = session
                 .client()
@@ -1369,6 +1371,171 @@ async fn gateway(session: &mut Session<'_>, command: GatewayCommand) -> Result<(
                 output::printable(&subject),
                 reply.revision
             ))
+        }
+    }
+}
+
+fn parse_time(flag: &str, value: &Option<String>) -> Result<i64, CliError> {
+    match value {
+        None => Ok(0),
+        Some(text) => {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map(|time| (time.unix_timestamp_nanos() / 1000) as i64)
+                .map_err(|error| {
+                    CliError::Usage(format!("--{flag}: not an RFC 3339 time: {error}"))
+                })
+        }
+    }
+}
+
+fn audit_query(
+    filters: &AuditFilterArgs,
+    after: u64,
+    limit: u32,
+) -> Result<proto::AuditQuery, CliError> {
+    Ok(proto::AuditQuery {
+        actor: filters.actor.clone().unwrap_or_default(),
+        server: filters.server.clone().unwrap_or_default(),
+        tool: filters.tool.clone().unwrap_or_default(),
+        outcome: filters.outcome.clone().unwrap_or_default(),
+        kind: filters.kind.clone().unwrap_or_default(),
+        from_unix_micros: parse_time("from", &filters.from)?,
+        to_unix_micros: parse_time("to", &filters.to)?,
+        after_sequence: after,
+        limit,
+    })
+}
+
+async fn audit(session: &mut Session<'_>, command: AuditCommand) -> Result<(), CliError> {
+    match command {
+        AuditCommand::Query(args) => {
+            let query = audit_query(&args.filters, args.after, args.limit)?;
+            let page = session
+                .client()
+                .await?
+                .query_audit(query)
+                .await?
+                .into_inner();
+            let view = output::AuditPageView::from(&page);
+            match args.output.format {
+                OutputFormat::Text => session.print(&output::audit_page(&view)),
+                format => session.print_structured(format, &view),
+            }
+        }
+        AuditCommand::Export { filters, out } => {
+            let mut after = 0;
+            let mut lines = String::new();
+            loop {
+                let query = audit_query(&filters, after, 1000)?;
+                let page = session
+                    .client()
+                    .await?
+                    .query_audit(query)
+                    .await?
+                    .into_inner();
+                for record in &page.records {
+                    let view = output::AuditRecordView::from(record);
+                    lines.push_str(
+                        &serde_json::to_string(&view)
+                            .map_err(|error| CliError::Usage(error.to_string()))?,
+                    );
+                    lines.push('\n');
+                }
+                if page.next_after_sequence == 0 {
+                    break;
+                }
+                after = page.next_after_sequence;
+            }
+            match out {
+                Some(path) => std::fs::write(&path, lines).map_err(|error| {
+                    CliError::Usage(format!("cannot write {}: {error}", path.display()))
+                }),
+                None => session.print(&lines),
+            }
+        }
+        AuditCommand::Verify => {
+            let reply = session
+                .client()
+                .await?
+                .verify_audit(proto::VerifyAuditRequest {})
+                .await?
+                .into_inner();
+            let mut text = format!("{} records checked: ", reply.records_checked);
+            if reply.intact {
+                text.push_str("the chain is intact\n");
+                session.print(&text)
+            } else {
+                text.push_str("the chain is BROKEN\n");
+                for problem in &reply.problems {
+                    text.push_str(&format!(
+                        "  record {}: {} ({})\n",
+                        problem.sequence,
+                        output::printable(&problem.kind),
+                        output::printable(&problem.detail)
+                    ));
+                }
+                session.print(&text)?;
+                Err(CliError::Verification(format!(
+                    "{} problems in the audit trail",
+                    reply.problems.len()
+                )))
+            }
+        }
+    }
+}
+
+async fn link(session: &mut Session<'_>, command: LinkCommand) -> Result<(), CliError> {
+    match command {
+        LinkCommand::List {
+            app_id,
+            identity_provider,
+            subject,
+            output,
+        } => {
+            let reply = session
+                .client()
+                .await?
+                .list_user_links(proto::ListUserLinksRequest {
+                    app_id: app_id.unwrap_or_default(),
+                    identity_provider: identity_provider.unwrap_or_default(),
+                    subject: subject.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let view = output::LinksView::from(&reply);
+            match output.format {
+                OutputFormat::Text => session.print(&output::links(&view)),
+                format => session.print_structured(format, &view),
+            }
+        }
+        LinkCommand::Delete {
+            app_id,
+            identity_provider,
+            subject,
+        } => {
+            let reply = session
+                .client()
+                .await?
+                .delete_user_link(proto::DeleteUserLinkRequest {
+                    app_id: app_id.clone(),
+                    identity_provider,
+                    subject: subject.clone(),
+                })
+                .await?
+                .into_inner();
+            if reply.deleted {
+                session.print(&format!(
+                    "disconnected {} from {}; the tokens are destroyed\n",
+                    output::printable(&subject),
+                    output::printable(&app_id)
+                ))
+            } else {
+                Err(CliError::NotFound(format!(
+                    "{} has no link to {}",
+                    output::printable(&subject),
+                    output::printable(&app_id)
+                )))
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ pub mod exit_code {
     pub const CONFLICT: u8 = 4;
     pub const DENIED: u8 = 5;
     pub const UNAVAILABLE: u8 = 6;
+    /// `audit verify` found a broken chain.
+    pub const VERIFICATION_FAILED: u8 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum CliError {
     /// Something looked up on the client side (in a state read) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A check ran and found problems (`audit verify`).
+    #[error("{0}")]
+    Verification(String),
 }
 
 impl From<tonic::Status> for CliError {
@@ -118,6 +123,7 @@ impl CliError {
             CliError::Rpc { code, .. } => *code,
             CliError::Unreachable { .. } => tonic::Code::Unavailable,
             CliError::NotFound(_) => tonic::Code::NotFound,
+            CliError::Verification(_) => tonic::Code::DataLoss,
         }
     }
 
@@ -126,6 +132,8 @@ impl CliError {
             // Output that cannot be written is the local machine's problem, not a
             // statement about the control plane.
             CliError::Write { .. } | CliError::Encode(_) => exit_code::FAILURE,
+            // A broken audit chain is its own finding, distinct from failing to check.
+            CliError::Verification(_) => exit_code::VERIFICATION_FAILED,
             _ => exit_code_for(self.code()),
         }
     }

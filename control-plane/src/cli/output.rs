@@ -1137,3 +1137,237 @@ pub fn gateway_keys(view: &GatewayKeysView) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// Audit trail and account links.
+
+fn rfc3339_micros(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|time| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| micros.to_string())
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditRecordView {
+    pub sequence: u64,
+    pub hash: String,
+    pub event_id: String,
+    pub time: String,
+    pub kind: String,
+    pub source: String,
+    pub actor: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub actor_email: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub server: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mcp_method: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tool: String,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub http_status: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub upstream_status: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub credential_kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub credential_id: String,
+    pub caller_credential_forwarded: bool,
+    pub caller_credential_stripped: bool,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub snapshot_version: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub latency_micros: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub summary: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
+}
+
+impl From<&proto::AuditRecord> for AuditRecordView {
+    fn from(record: &proto::AuditRecord) -> Self {
+        let event = record.event.clone().unwrap_or_default();
+        Self {
+            sequence: record.sequence,
+            hash: record.hash.clone(),
+            event_id: event.event_id,
+            time: rfc3339_micros(event.time_unix_micros),
+            kind: event.kind,
+            source: event.source,
+            actor: event.actor,
+            actor_email: event.actor_email,
+            server: event.server,
+            mcp_method: event.mcp_method,
+            tool: event.tool,
+            outcome: event.outcome,
+            http_status: event.http_status,
+            upstream_status: event.upstream_status,
+            credential_kind: event.credential_kind,
+            credential_id: event.credential_id,
+            caller_credential_forwarded: event.caller_credential_forwarded,
+            caller_credential_stripped: event.caller_credential_stripped,
+            snapshot_version: event.snapshot_version,
+            latency_micros: event.latency_micros,
+            reason: event.reason,
+            summary: event.summary,
+            request_id: event.request_id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditPageView {
+    pub records: Vec<AuditRecordView>,
+    pub next_after_sequence: u64,
+}
+
+impl From<&proto::AuditPage> for AuditPageView {
+    fn from(page: &proto::AuditPage) -> Self {
+        Self {
+            records: page.records.iter().map(AuditRecordView::from).collect(),
+            next_after_sequence: page.next_after_sequence,
+        }
+    }
+}
+
+pub fn audit_page(view: &AuditPageView) -> String {
+    if view.records.is_empty() {
+        return "no matching audit records\n".to_owned();
+    }
+    let mut out = format!(
+        "{:>6}  {:<20} {:<21} {:<24} {:<12} {:<18} {}\n",
+        "SEQ", "TIME", "KIND", "ACTOR", "SERVER", "OUTCOME", "WHAT"
+    );
+    for record in &view.records {
+        let what = if !record.summary.is_empty() {
+            record.summary.clone()
+        } else {
+            let mut parts = Vec::new();
+            if !record.mcp_method.is_empty() {
+                parts.push(record.mcp_method.clone());
+            }
+            if !record.tool.is_empty() {
+                parts.push(format!("tool {}", record.tool));
+            }
+            if !record.credential_kind.is_empty() {
+                parts.push(format!("via {}", record.credential_kind));
+            }
+            if !record.reason.is_empty() {
+                parts.push(format!("reason {}", record.reason));
+            }
+            parts.join(", ")
+        };
+        out.push_str(&format!(
+            "{:>6}  {:<20} {:<21} {:<24} {:<12} {:<18} {}\n",
+            record.sequence,
+            record.time.get(..19).unwrap_or(&record.time),
+            printable(&record.kind),
+            printable(&record.actor),
+            printable(&record.server),
+            printable(&record.outcome),
+            printable(&what)
+        ));
+    }
+    if view.next_after_sequence != 0 {
+        out.push_str(&format!("more: --after {}\n", view.next_after_sequence));
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    pub app_id: String,
+    pub identity_provider: String,
+    pub subject: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub connected_at: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub refreshed_at: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinksView {
+    pub links: Vec<LinkView>,
+}
+
+fn seconds_time(seconds: i64) -> String {
+    if seconds == 0 {
+        String::new()
+    } else {
+        rfc3339_micros(seconds * 1_000_000)
+    }
+}
+
+impl From<&proto::ListUserLinksReply> for LinksView {
+    fn from(reply: &proto::ListUserLinksReply) -> Self {
+        Self {
+            links: reply
+                .links
+                .iter()
+                .map(|link| LinkView {
+                    app_id: link.app_id.clone(),
+                    identity_provider: link.identity_provider.clone(),
+                    subject: link.subject.clone(),
+                    status: link.status.clone(),
+                    reason: link.reason.clone(),
+                    connected_at: seconds_time(link.connected_at_unix),
+                    refreshed_at: seconds_time(link.refreshed_at_unix),
+                    expires_at: seconds_time(link.expires_at_unix),
+                    scope: link.scope.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn links(view: &LinksView) -> String {
+    if view.links.is_empty() {
+        return "no account links\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<16} {:<12} {:<28} {:<10} {}\n",
+        "APP", "IDP", "USER", "STATUS", "DETAIL"
+    );
+    for link in &view.links {
+        let detail = if link.reason.is_empty() {
+            if link.expires_at.is_empty() {
+                String::new()
+            } else {
+                format!("token expires {}", link.expires_at)
+            }
+        } else {
+            link.reason.clone()
+        };
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<28} {:<10} {}\n",
+            printable(&link.app_id),
+            printable(&link.identity_provider),
+            printable(&link.subject),
+            printable(&link.status),
+            printable(&detail)
+        ));
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! API over real gRPC connections, and crash recovery of the real binary.
 
 mod admin_api;
+mod audit;
 mod common;
 mod crash;
 mod event_store;
