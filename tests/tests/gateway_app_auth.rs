@@ -231,7 +231,9 @@ fn base64_encode(input: &[u8]) -> String {
         let group = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
         for index in 0..4 {
             if index <= chunk.len() {
-                output.push(char::from(ALPHABET[(group >> (18 - 6 * index)) as usize & 63]));
+                output.push(char::from(
+                    ALPHABET[(group >> (18 - 6 * index)) as usize & 63],
+                ));
             } else {
                 output.push('=');
             }
