@@ -10,7 +10,7 @@
 # on the first run and reused after. Ports: PORTCULLIS_CP_PORT (7300),
 # PORTCULLIS_NODE_PORTS ("7400 7401"), PORTCULLIS_DEMO_UPSTREAM_PORT (7500).
 # PORTCULLIS_PROFILE=release builds optimised binaries; PORTCULLIS_SKIP_BUILD=1 uses the
-# binaries already built.
+# binaries already built, from PORTCULLIS_BIN_DIR if set (default: target/<profile>).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,7 +23,7 @@ CHECK=false
 [[ "${1:-}" == "--check" ]] && CHECK=true
 
 case "$PROFILE" in release) PROFILE_DIR=release ;; *) PROFILE_DIR=debug ;; esac
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR"
+BIN="${PORTCULLIS_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR}"
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'up.sh: %s\n' "$*" >&2; exit 1; }
@@ -158,19 +158,47 @@ Administer it:
   $BIN/portcullisctl history server demo
 TEXT
 
+# One MCP request in the check: POSTs $2 (JSON-RPC) to $1 with session $3 (may be empty),
+# leaves the response headers and body in $DEV_DIR/check.headers and check.body, and
+# prints the HTTP status.
+mcp_post() {
+    local session_header=()
+    [[ -n "$3" ]] && session_header=(-H "mcp-session-id: $3")
+    curl -sS --max-time 10 -D "$DEV_DIR/check.headers" -o "$DEV_DIR/check.body" \
+        -w '%{http_code}' -X POST \
+        -H 'content-type: application/json' \
+        -H 'accept: application/json, text/event-stream' \
+        -H 'mcp-protocol-version: 2025-06-18' \
+        "${session_header[@]}" --data "$2" "$1"
+}
+
+# Initializes a session at $1, calls tool $2, and checks the result mentions $3: the
+# credential the gateway added, as the demo upstream reports it.
+check_tool_sees() {
+    local url="$1" tool="$2" expected="$3" status session
+    status="$(mcp_post "$url" '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"up.sh","version":"1"}}}' "")" ||
+        die "initialize through $url failed"
+    [[ "$status" == "200" ]] || die "initialize through $url answered $status: $(cat "$DEV_DIR/check.body")"
+    session="$(tr -d '\r' <"$DEV_DIR/check.headers" | sed -n 's/^[Mm][Cc][Pp]-[Ss]ession-[Ii][Dd]: *//p')"
+    status="$(mcp_post "$url" '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$session")" ||
+        die "notifications/initialized through $url failed"
+    [[ "$status" == 2* ]] || die "notifications/initialized through $url answered $status"
+    status="$(mcp_post "$url" "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"$tool\",\"arguments\":{}}}" "$session")" ||
+        die "tools/call $tool through $url failed"
+    [[ "$status" == "200" ]] || die "tools/call $tool through $url answered $status: $(cat "$DEV_DIR/check.body")"
+    grep -qF -- "$expected" "$DEV_DIR/check.body" ||
+        die "the demo upstream did not see the gateway's credential through $url ($tool): $(cat "$DEV_DIR/check.body")"
+}
+
 if $CHECK; then
-    say "checking: every node runs the latest snapshot and answers an MCP initialize"
+    say "checking: every node runs the latest snapshot and adds each server's credential"
+    command -v curl >/dev/null || die "--check needs curl"
     nodes_ready || die "a node is behind the latest snapshot"
     for port in "${NODE_PORTS[@]}"; do
-        for server in demo demo-bearer; do
-            status="$(curl -s -o /dev/null -w '%{http_code}' -X POST \
-                -H 'content-type: application/json' \
-                -H 'accept: application/json, text/event-stream' \
-                --data '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"up.sh","version":"1"}}}' \
-                "http://127.0.0.1:$port/mcp/$server")"
-            [[ "$status" == "200" ]] || die "initialize through 127.0.0.1:$port/mcp/$server answered $status"
-        done
+        check_tool_sees "http://127.0.0.1:$port/mcp/demo" echo_headers "$(cat "$DEV_DIR/demo-api-key")"
+        check_tool_sees "http://127.0.0.1:$port/mcp/demo-bearer" whoami "Bearer $(cat "$DEV_DIR/demo-bearer")"
     done
+    rm -f "$DEV_DIR/check.headers" "$DEV_DIR/check.body"
     say "check passed"
     exit 0
 fi
