@@ -20,6 +20,17 @@ use crate::python_client::python_command;
 
 /// How long one browser run may take by default.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(30);
+/// What `xdg-open` looks at before `$BROWSER` (a display, a desktop environment).
+const DESKTOP_SESSION_VARIABLES: [&str; 8] = [
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XDG_CURRENT_DESKTOP",
+    "XDG_SESSION_DESKTOP",
+    "DESKTOP_SESSION",
+    "KDE_FULL_SESSION",
+    "GNOME_DESKTOP_SESSION_ID",
+    "MATE_DESKTOP_SESSION_ID",
+];
 
 /// A browser profile: cookie jar, user, and what it clicks on consent pages.
 #[derive(Debug)]
@@ -40,7 +51,7 @@ pub enum Consent {
 }
 
 impl Consent {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Approve => "approve",
             Self::Deny => "deny",
@@ -96,6 +107,15 @@ impl HeadlessBrowser {
         &self.cookie_jar
     }
 
+    /// The user this profile asks the test IdP for, if any.
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn consent_choice(&self) -> Consent {
+        self.consent
+    }
+
     /// Walks `url` to the client's callback (the URL's `redirect_uri`) and returns where it
     /// ended; fails when the flow stopped anywhere else.
     pub async fn authorize(&self, url: &str) -> anyhow::Result<BrowserOutcome> {
@@ -149,6 +169,16 @@ impl HeadlessBrowser {
             );
         }
         Ok(outcome)
+    }
+
+    /// Makes `command` (an MCP client that opens a browser) use this profile: sets
+    /// [`Self::browser_env`] and removes the desktop session variables, so `xdg-open` falls
+    /// back to `$BROWSER` instead of a real browser on a developer's desktop.
+    pub fn configure_client_command(&self, command: &mut std::process::Command, log_file: &Path) {
+        for variable in DESKTOP_SESSION_VARIABLES {
+            command.env_remove(variable);
+        }
+        command.envs(self.browser_env(log_file));
     }
 
     /// Environment for an MCP client that opens a browser: `BROWSER` is

@@ -806,6 +806,47 @@ impl TestIdp {
     }
 }
 
+/// `tests/idp/protected_mcp_server.py`: an MCP server (Python SDK) that accepts only JWT
+/// access tokens of a [`TestIdp`] issued for its own URL (`aud`), and names that IdP in its
+/// protected resource metadata. A real MCP client pointed at it runs the whole MCP
+/// authorization flow against the IdP; it also stands in for an upstream that wants a user's
+/// token from a "GitHub-like" provider. Tools: `whoami` (the token's sub, client_id, scopes,
+/// aud, iss, email, groups as JSON) and `echo`.
+#[derive(Debug)]
+pub struct ProtectedMcpServer {
+    process: ChildProcess,
+}
+
+impl ProtectedMcpServer {
+    /// Starts it for `idp`, requiring `scopes` in every token.
+    pub async fn start(idp: &TestIdp, scopes: &[&str]) -> anyhow::Result<Self> {
+        let script = paths::tests_crate_dir()
+            .join("idp")
+            .join("protected_mcp_server.py");
+        let mut command = crate::python_client::python_command(&script)?;
+        command.arg("--issuer").arg(idp.issuer());
+        for scope in scopes {
+            command.arg("--scope").arg(scope);
+        }
+        let process = ChildProcess::start_listening(
+            "protected-mcp-server",
+            command,
+            "protected-mcp-server listening on ",
+        )
+        .await?;
+        Ok(Self { process })
+    }
+
+    /// The MCP endpoint and resource identifier, `http://127.0.0.1:<port>/mcp`.
+    pub fn url(&self) -> String {
+        self.process.http_url("/mcp")
+    }
+
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+}
+
 fn write_config(path: &Path, config: &IdpConfig) -> anyhow::Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(config)?)
         .with_context(|| format!("cannot write {}", path.display()))

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::Value;
 
+use crate::browser::{BrowserOutcome, HeadlessBrowser, read_browser_log};
 use crate::paths;
-use crate::process::{ChildProcess, scratch_dir};
+use crate::process::{ChildProcess, pick_free_loopback_port, scratch_dir};
 
 /// How long one client run may take by default.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -112,4 +113,54 @@ pub async fn mcp_remote_client(url: &str, args: &[&str]) -> anyhow::Result<NodeC
         .args(args)
         .env("MCP_REMOTE_CONFIG_DIR", home.path().join("mcp-remote"));
     run_to_completion("mcp-remote-client", command, home, true).await
+}
+
+/// An OAuth run of `mcp-remote-client`: the client's run and each trip of the browser.
+#[derive(Debug)]
+pub struct McpRemoteOAuthRun {
+    pub run: NodeClientRun,
+    /// What `tests/clients/browser-open` did each time mcp-remote opened it.
+    pub browser_runs: Vec<BrowserOutcome>,
+}
+
+impl McpRemoteOAuthRun {
+    /// Fails unless the client exited 0, with the browser's trips in the message.
+    pub fn expect_success(&self) -> anyhow::Result<&Self> {
+        if !self.run.exit_status.success() {
+            bail!(
+                "{} failed ({})\n--- browser runs ---\n{:#?}\n--- stdout ---\n{}\n{}",
+                self.run.process.name(),
+                self.run.exit_status,
+                self.browser_runs,
+                self.run.stdout,
+                self.run.process.diagnostics()
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// `mcp-remote-client <url> <callback port> --allow-http <args>` with `browser` as the user's
+/// browser (`BROWSER=tests/clients/browser-open`): mcp-remote discovers the authorization
+/// server, registers, opens the browser on the authorization URL, and the headless browser
+/// walks it and calls mcp-remote's callback (retrying until its listener is up). Each run
+/// starts with an empty mcp-remote token cache; the browser's cookie jar carries sessions.
+pub async fn mcp_remote_client_oauth(
+    url: &str,
+    browser: &HeadlessBrowser,
+    args: &[&str],
+) -> anyhow::Result<McpRemoteOAuthRun> {
+    let home = scratch_dir("mcp-remote-home")?;
+    let browser_log = home.path().join("browser-runs.jsonl");
+    let mut command = node_tool_command("mcp-remote", "dist/client.js", home.path())?;
+    command
+        .arg(url)
+        .arg(pick_free_loopback_port()?.to_string())
+        .arg("--allow-http")
+        .args(args)
+        .env("MCP_REMOTE_CONFIG_DIR", home.path().join("mcp-remote"));
+    browser.configure_client_command(&mut command, &browser_log);
+    let run = run_to_completion("mcp-remote-client", command, home, true).await?;
+    let browser_runs = read_browser_log(&browser_log)?;
+    Ok(McpRemoteOAuthRun { run, browser_runs })
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::browser::HeadlessBrowser;
 use crate::paths;
 use crate::process::ChildProcess;
 
@@ -34,6 +35,8 @@ pub fn python_mcp_client(url: impl Into<String>) -> PythonMcpClient {
         list_tools: false,
         calls: Vec::new(),
         timeout: Duration::from_secs(60),
+        pause_between_calls: None,
+        oauth_args: Vec::new(),
     }
 }
 
@@ -46,6 +49,9 @@ pub struct PythonMcpClient {
     list_tools: bool,
     calls: Vec<(String, Value)>,
     timeout: Duration,
+    pause_between_calls: Option<Duration>,
+    /// `--oauth` and its options, empty without OAuth.
+    oauth_args: Vec<String>,
 }
 
 impl PythonMcpClient {
@@ -79,6 +85,75 @@ impl PythonMcpClient {
         self
     }
 
+    /// Waits this long before each tool call after the first (e.g. to outlive a token).
+    pub fn pause_between_calls(mut self, pause: Duration) -> Self {
+        self.pause_between_calls = Some(pause);
+        self
+    }
+
+    /// Runs the MCP authorization flow (the SDK's `OAuthClientProvider`, tokens in memory)
+    /// with `browser` as the user's browser: its cookie jar, user and consent choice. Without
+    /// a pre-registered client the SDK registers one (CIMD or DCR, as the server offers).
+    /// The report's [`McpClientReport::oauth`] says what happened.
+    pub fn oauth(mut self, browser: &HeadlessBrowser) -> Self {
+        self.ensure_oauth();
+        self.oauth_args.extend([
+            "--cookie-jar".to_owned(),
+            browser.cookie_jar().display().to_string(),
+            "--consent".to_owned(),
+            browser.consent_choice().as_str().to_owned(),
+        ]);
+        if let Some(user) = browser.user_name() {
+            self.oauth_args
+                .extend(["--user".to_owned(), user.to_owned()]);
+        }
+        self
+    }
+
+    /// OAuth with a pre-registered client instead of registering one.
+    pub fn oauth_client(mut self, client_id: &str, client_secret: Option<&str>) -> Self {
+        self.ensure_oauth();
+        self.oauth_args
+            .extend(["--client-id".to_owned(), client_id.to_owned()]);
+        if let Some(secret) = client_secret {
+            self.oauth_args
+                .extend(["--client-secret".to_owned(), secret.to_owned()]);
+        }
+        self
+    }
+
+    /// OAuth with a Client ID Metadata Document URL (https), used when the authorization
+    /// server advertises `client_id_metadata_document_supported`.
+    pub fn oauth_client_metadata_url(mut self, url: &str) -> Self {
+        self.ensure_oauth();
+        self.oauth_args
+            .extend(["--client-metadata-url".to_owned(), url.to_owned()]);
+        self
+    }
+
+    /// The redirect URI registered and sent (default `http://127.0.0.1:33418/callback`;
+    /// nothing listens there, the browser hands the code over directly).
+    pub fn oauth_redirect_uri(mut self, redirect_uri: &str) -> Self {
+        self.ensure_oauth();
+        self.oauth_args
+            .extend(["--redirect-uri".to_owned(), redirect_uri.to_owned()]);
+        self
+    }
+
+    /// Registers as a public client (`token_endpoint_auth_method` `none`).
+    pub fn oauth_public_client(mut self) -> Self {
+        self.ensure_oauth();
+        self.oauth_args
+            .extend(["--token-endpoint-auth-method".to_owned(), "none".to_owned()]);
+        self
+    }
+
+    fn ensure_oauth(&mut self) {
+        if self.oauth_args.is_empty() {
+            self.oauth_args.push("--oauth".to_owned());
+        }
+    }
+
     /// Runs the client and returns its report, whether the MCP session succeeded or not
     /// (see [`McpClientReport::ok`]); fails only when the script could not run or report.
     pub async fn run(self) -> anyhow::Result<McpClientReport> {
@@ -102,6 +177,12 @@ impl PythonMcpClient {
         command
             .arg("--timeout-secs")
             .arg(self.timeout.as_secs_f64().to_string());
+        if let Some(pause) = self.pause_between_calls {
+            command
+                .arg("--pause-between-calls-secs")
+                .arg(pause.as_secs_f64().to_string());
+        }
+        command.args(&self.oauth_args);
 
         let mut process = ChildProcess::spawn("python-mcp-client", command)?;
         // The script enforces `timeout` itself; the extra margin covers interpreter start-up.
@@ -135,6 +216,9 @@ pub struct McpClientReport {
     /// Every HTTP response the client received, in arrival order.
     #[serde(default)]
     pub http_responses: Vec<HttpResponseReport>,
+    /// What the OAuth flow did (runs with [`PythonMcpClient::oauth`]).
+    #[serde(default)]
+    pub oauth: Option<OAuthReport>,
     /// The client's stderr (SDK logs, Python tracebacks), for failure messages.
     #[serde(skip)]
     pub stderr: String,
@@ -234,4 +318,88 @@ pub struct HttpResponseReport {
     pub www_authenticate: Option<String>,
     /// Arrival time, seconds since the client started.
     pub at: f64,
+}
+
+/// The OAuth steps of a run: metadata fetched, registration, browser trips, token requests.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OAuthReport {
+    /// `dcr`, `cimd`, `preregistered`, or `None` when no client was needed.
+    pub registration: Option<String>,
+    pub client_id: Option<String>,
+    /// Every `/.well-known/...` GET (protected resource and authorization server metadata).
+    pub metadata_requests: Vec<UrlStatus>,
+    /// Dynamic client registration requests.
+    pub registration_requests: Vec<UrlStatus>,
+    /// Each trip of the browser through an authorization URL.
+    pub authorizations: Vec<AuthorizationReport>,
+    pub token_requests: Vec<OAuthTokenRequestReport>,
+    /// The tokens the run ended with (no secrets).
+    pub token: Option<OAuthTokenReport>,
+}
+
+impl OAuthReport {
+    /// The metadata URLs fetched, in order.
+    pub fn metadata_urls(&self) -> Vec<&str> {
+        self.metadata_requests
+            .iter()
+            .map(|request| request.url.as_str())
+            .collect()
+    }
+
+    /// `(grant_type, status)` of each token request, in order.
+    pub fn token_request_statuses(&self) -> Vec<(&str, u16)> {
+        self.token_requests
+            .iter()
+            .map(|request| (request.grant_type.as_str(), request.status))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UrlStatus {
+    pub url: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthorizationReport {
+    /// The authorization URL the SDK built (client_id, redirect_uri, scope, resource, PKCE...).
+    pub url: String,
+    /// The callback's parameters other than `code` (state, iss, error...).
+    pub callback_params: Option<std::collections::BTreeMap<String, String>>,
+    /// Requests the browser made.
+    pub hops: u32,
+    /// Requests to the test IdP's `/interaction/` pages (login or consent happened).
+    pub interaction_hops: u32,
+    pub error: Option<String>,
+}
+
+impl AuthorizationReport {
+    /// A query parameter of the authorization URL.
+    pub fn param(&self, name: &str) -> Option<String> {
+        url::Url::parse(&self.url).ok().and_then(|url| {
+            url.query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OAuthTokenRequestReport {
+    pub url: String,
+    pub status: u16,
+    pub grant_type: String,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OAuthTokenReport {
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub expires_in: Option<u64>,
+    pub has_refresh_token: bool,
+    /// The access token's payload when it is a JWT (unverified).
+    pub access_token_claims: Option<Value>,
 }

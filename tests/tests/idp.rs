@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::idp::{
-    IdpAccount, IdpClient, IdpConfig, IdpResource, KeyRotation, TOKEN_TYPE_ACCESS_TOKEN,
-    TOKEN_TYPE_ID_TOKEN, TestIdp, jwt,
+    IdpAccount, IdpClient, IdpConfig, IdpResource, KeyRotation, ProtectedMcpServer,
+    TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TestIdp, jwt,
 };
+use portcullis_tests::node_clients::mcp_remote_client_oauth;
+use portcullis_tests::python_mcp_client;
+use serde_json::{Value, json};
 
 const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
 
@@ -595,4 +598,152 @@ async fn a_restart_on_the_same_port_serves_rotated_keys() {
     assert!(new_kids.iter().all(|kid| !overlap_kids.contains(kid)));
     assert!(idp.verify_jwt(&old_token, None).await.is_err());
     assert!(jwt::verify(&old_token, &old_jwks, &issuer, None).is_ok());
+}
+
+#[tokio::test]
+async fn the_python_sdk_runs_the_mcp_authorization_flow_through_the_headless_browser() {
+    let idp = TestIdp::start(IdpConfig::default()).await.unwrap();
+    let server = ProtectedMcpServer::start(&idp, &[]).await.unwrap();
+    let browser = HeadlessBrowser::new().unwrap().user("bob");
+
+    let report = python_mcp_client(server.url())
+        .oauth(&browser)
+        .call("whoami", json!({}))
+        .run()
+        .await
+        .unwrap();
+    report.expect_ok().unwrap();
+    let whoami: Value =
+        serde_json::from_str(report.call("whoami").unwrap().text().unwrap()).unwrap();
+    assert_eq!(whoami["sub"], "bob", "{whoami}");
+    assert_eq!(whoami["aud"], server.url().as_str());
+    assert_eq!(whoami["groups"], json!(["sales"]));
+    assert_eq!(report.http_statuses()[0], 401);
+
+    let oauth = report.oauth.as_ref().unwrap();
+    let server_origin = server.url().trim_end_matches("/mcp").to_owned();
+    assert_eq!(
+        oauth.metadata_urls(),
+        [
+            format!("{server_origin}/.well-known/oauth-protected-resource/mcp"),
+            idp.url("/.well-known/oauth-authorization-server"),
+        ]
+    );
+    assert_eq!(oauth.registration.as_deref(), Some("dcr"));
+    assert_eq!(oauth.registration_requests.len(), 1);
+    assert_eq!(
+        oauth.token_request_statuses(),
+        [("authorization_code", 200)]
+    );
+    assert_eq!(
+        oauth.token_requests[0].resource.as_deref(),
+        Some(server.url().as_str())
+    );
+    let authorization = &oauth.authorizations[0];
+    assert_eq!(
+        authorization.param("code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        authorization.param("resource").as_deref(),
+        Some(server.url().as_str())
+    );
+    let callback = authorization.callback_params.as_ref().unwrap();
+    assert_eq!(callback.get("iss").map(String::as_str), Some(idp.issuer()));
+    assert!(!callback.contains_key("code"), "codes are never reported");
+    let token = oauth.token.as_ref().unwrap();
+    assert!(token.has_refresh_token);
+    let claims = token.access_token_claims.as_ref().unwrap();
+    assert_eq!(claims["aud"], server.url().as_str());
+    assert_eq!(idp.interactions().await.unwrap().logins, 1);
+
+    // A second run in the same browser profile: a new registration (tokens were in memory
+    // only) but no second login.
+    let again = python_mcp_client(server.url())
+        .oauth(&browser)
+        .call("whoami", json!({}))
+        .run()
+        .await
+        .unwrap();
+    again.expect_ok().unwrap();
+    let interactions = idp.interactions().await.unwrap();
+    assert_eq!(interactions.logins, 1, "{interactions:?}");
+    assert_eq!(interactions.consents, 2, "one per registered client");
+
+    // A pre-registered client skips registration.
+    idp.upsert_client(&IdpClient::confidential(
+        "python-client",
+        "python-secret",
+        &["http://127.0.0.1:33418/callback"],
+    ))
+    .await
+    .unwrap();
+    let alice = HeadlessBrowser::new().unwrap().user("alice");
+    let preregistered = python_mcp_client(server.url())
+        .oauth(&alice)
+        .oauth_client("python-client", Some("python-secret"))
+        .call("whoami", json!({}))
+        .run()
+        .await
+        .unwrap();
+    preregistered.expect_ok().unwrap();
+    let oauth = preregistered.oauth.as_ref().unwrap();
+    assert_eq!(oauth.registration.as_deref(), Some("preregistered"));
+    assert!(oauth.registration_requests.is_empty());
+    let whoami: Value =
+        serde_json::from_str(preregistered.call("whoami").unwrap().text().unwrap()).unwrap();
+    assert_eq!(whoami["sub"], "alice");
+    assert_eq!(whoami["client_id"], "python-client");
+}
+
+#[tokio::test]
+async fn the_python_sdk_refreshes_an_expired_access_token_exactly_once() {
+    let idp = TestIdp::start(IdpConfig::default().access_token_ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let server = ProtectedMcpServer::start(&idp, &[]).await.unwrap();
+    let browser = HeadlessBrowser::new().unwrap().user("alice");
+
+    let report = python_mcp_client(server.url())
+        .oauth(&browser)
+        .call("echo", json!({"message": "before"}))
+        .pause_between_calls(Duration::from_secs(3))
+        .call("echo", json!({"message": "after expiry"}))
+        .run()
+        .await
+        .unwrap();
+    report.expect_ok().unwrap();
+    let oauth = report.oauth.as_ref().unwrap();
+    assert_eq!(
+        oauth.token_request_statuses(),
+        [("authorization_code", 200), ("refresh_token", 200)],
+        "{oauth:?}"
+    );
+    let stats = idp.stats().await.unwrap();
+    assert_eq!(stats.refreshes(), 1, "{stats:?}");
+    assert_eq!(stats.logins, 1);
+}
+
+#[tokio::test]
+async fn mcp_remote_uses_the_headless_browser_as_its_browser() {
+    let idp = TestIdp::start(IdpConfig::default()).await.unwrap();
+    let server = ProtectedMcpServer::start(&idp, &[]).await.unwrap();
+    let browser = HeadlessBrowser::new().unwrap().user("bob");
+
+    let run = mcp_remote_client_oauth(&server.url(), &browser, &[])
+        .await
+        .unwrap();
+    run.expect_success().unwrap();
+    assert!(
+        run.run.stderr.contains("\"name\": \"whoami\""),
+        "{}",
+        run.run.stderr
+    );
+    assert_eq!(run.browser_runs.len(), 1, "{:#?}", run.browser_runs);
+    let trip = &run.browser_runs[0];
+    assert_eq!(trip.delivered_status, Some(200), "{trip:#?}");
+    assert_eq!(trip.param("iss"), Some(idp.issuer()));
+    let interactions = idp.interactions().await.unwrap();
+    assert_eq!(interactions.logins_by_user.get("bob"), Some(&1));
+    assert_eq!(idp.stats().await.unwrap().registrations, 1);
 }
