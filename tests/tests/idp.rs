@@ -3,12 +3,20 @@
 
 use std::time::Duration;
 
-use portcullis_tests::browser::HeadlessBrowser;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Query};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect};
+use axum::routing::get;
+use portcullis_tests::browser::{Consent, HeadlessBrowser};
 use portcullis_tests::idp::{
     IdpAccount, IdpClient, IdpConfig, IdpResource, KeyRotation, ProtectedMcpServer,
     TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TestIdp, jwt,
 };
 use portcullis_tests::node_clients::mcp_remote_client_oauth;
+use portcullis_tests::process::pick_free_loopback_port;
 use portcullis_tests::python_mcp_client;
 use serde_json::{Value, json};
 
@@ -698,7 +706,8 @@ async fn the_python_sdk_runs_the_mcp_authorization_flow_through_the_headless_bro
 
 #[tokio::test]
 async fn the_python_sdk_refreshes_an_expired_access_token_exactly_once() {
-    let idp = TestIdp::start(IdpConfig::default().access_token_ttl(Duration::from_secs(2)))
+    // Long enough for the first call to happen before expiry on a loaded machine.
+    let idp = TestIdp::start(IdpConfig::default().access_token_ttl(Duration::from_secs(5)))
         .await
         .unwrap();
     let server = ProtectedMcpServer::start(&idp, &[]).await.unwrap();
@@ -707,7 +716,7 @@ async fn the_python_sdk_refreshes_an_expired_access_token_exactly_once() {
     let report = python_mcp_client(server.url())
         .oauth(&browser)
         .call("echo", json!({"message": "before"}))
-        .pause_between_calls(Duration::from_secs(3))
+        .pause_between_calls(Duration::from_secs(6))
         .call("echo", json!({"message": "after expiry"}))
         .run()
         .await
@@ -746,4 +755,125 @@ async fn mcp_remote_uses_the_headless_browser_as_its_browser() {
     let interactions = idp.interactions().await.unwrap();
     assert_eq!(interactions.logins_by_user.get("bob"), Some(&1));
     assert_eq!(idp.stats().await.unwrap().registrations, 1);
+}
+
+/// A consent page shaped like the gateway's will be: a `__Host-` cookie, a CSRF field, and
+/// `decision` buttons; the POST checks all three and the Origin before redirecting.
+async fn start_consent_page() -> String {
+    async fn page(Query(query): Query<HashMap<String, String>>) -> impl IntoResponse {
+        let html = format!(
+            r#"<!doctype html><html><body><h1>Allow access?</h1>
+            <form method="post" action="/consent">
+              <input type="hidden" name="csrf" value="csrf-123">
+              <input type="hidden" name="redirect_uri" value="{}">
+              <input type="hidden" name="state" value="{}">
+              <input type="checkbox" name="remember" value="yes" checked>
+              <button type="submit" name="decision" value="deny">Deny</button>
+              <button type="submit" name="decision" value="approve">Allow</button>
+            </form></body></html>"#,
+            query["redirect_uri"], query["state"]
+        );
+        (
+            [(
+                header::SET_COOKIE,
+                "__Host-consent=pending; Secure; HttpOnly; Path=/; SameSite=Lax",
+            )],
+            Html(html),
+        )
+    }
+    async fn submit(
+        headers: HeaderMap,
+        Form(form): Form<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        let cookie = headers
+            .get(header::COOKIE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let host = headers[header::HOST].to_str().unwrap();
+        let origin_ok = headers
+            .get(header::ORIGIN)
+            .is_some_and(|origin| origin.to_str().unwrap() == format!("http://{host}"));
+        if !cookie.contains("__Host-consent=pending")
+            || !origin_ok
+            || form.get("csrf").map(String::as_str) != Some("csrf-123")
+            || form.get("remember").map(String::as_str) != Some("yes")
+        {
+            return (
+                StatusCode::FORBIDDEN,
+                format!("refused: cookie {cookie:?}, form {form:?}"),
+            )
+                .into_response();
+        }
+        let outcome = match form["decision"].as_str() {
+            "approve" => "code=granted".to_owned(),
+            other => format!("error=access_denied&error_description={other}"),
+        };
+        Redirect::to(&format!(
+            "{}?{outcome}&state={}",
+            form["redirect_uri"], form["state"]
+        ))
+        .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/authorize", get(page))
+        .route("/consent", axum::routing::post(submit));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn the_browser_submits_consent_forms_and_waits_for_a_late_callback_listener() {
+    let consent_page = start_consent_page().await;
+    let callback_port = pick_free_loopback_port().unwrap();
+    let callback = format!("http://127.0.0.1:{callback_port}/callback");
+    let authorize_url = |state: &str| {
+        format!("{consent_page}/authorize?redirect_uri={callback}&state={state}&client_id=x")
+    };
+
+    let browser = HeadlessBrowser::new().unwrap();
+    let approved = browser.authorize(&authorize_url("one")).await.unwrap();
+    assert_eq!(approved.param("code"), Some("granted"), "{approved:#?}");
+    assert_eq!(approved.param("state"), Some("one"));
+    let post = approved
+        .hops
+        .iter()
+        .find(|hop| hop.method == "POST")
+        .unwrap();
+    assert_eq!(post.status, Some(303), "{approved:#?}");
+
+    let denying = HeadlessBrowser::with_cookie_jar(browser.cookie_jar()).consent(Consent::Deny);
+    let denied = denying.authorize(&authorize_url("two")).await.unwrap();
+    assert_eq!(denied.param("error"), Some("access_denied"), "{denied:#?}");
+
+    // Delivery: the client's listener binds only after the browser reached the callback,
+    // as mcp-remote's does; the browser retries until it answers.
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&hits);
+    let late_listener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let app = axum::Router::new().route(
+            "/callback",
+            get(
+                move |Query(query): Query<HashMap<String, String>>| async move {
+                    recorded.lock().unwrap().push(query);
+                    "authorized, you may close this window"
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", callback_port))
+            .await
+            .unwrap();
+        axum::serve(listener, app).await
+    });
+    let delivered = browser
+        .authorize_and_deliver(&authorize_url("three"))
+        .await
+        .unwrap();
+    assert_eq!(delivered.delivered_status, Some(200), "{delivered:#?}");
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].get("state").map(String::as_str), Some("three"));
+    late_listener.abort();
 }
