@@ -13,7 +13,7 @@ use axum::routing::get;
 use portcullis_tests::browser::{Consent, HeadlessBrowser};
 use portcullis_tests::idp::{
     IdpAccount, IdpClient, IdpConfig, IdpResource, KeyRotation, ProtectedMcpServer,
-    TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TestIdp, jwt,
+    TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TestIdp, TrustedIssuer, jwt,
 };
 use portcullis_tests::node_clients::mcp_remote_client_oauth;
 use portcullis_tests::process::pick_free_loopback_port;
@@ -399,6 +399,85 @@ async fn token_exchange_issues_a_token_for_another_audience_with_the_same_subjec
         .await
         .unwrap();
     revoked.expect_error("invalid_grant").unwrap();
+}
+
+#[tokio::test]
+async fn token_exchange_accepts_jwts_of_a_trusted_issuer() {
+    // Another issuer (standing in for the gateway) whose tokens name the user by email.
+    let upstream_client = gateway_client();
+    let other = TestIdp::start(
+        IdpConfig::default()
+            .account(IdpAccount::new("robert").email("bob@example.com"))
+            .client(upstream_client.clone()),
+    )
+    .await
+    .unwrap();
+    let exchanger = IdpClient::service("exchanger", "exchanger-secret");
+    let idp = TestIdp::start(
+        IdpConfig::default()
+            .client(exchanger.clone())
+            .trusted_issuer(TrustedIssuer {
+                subject_claim: Some("email".to_owned()),
+                audience: Some("gateway".to_owned()),
+                ..TrustedIssuer::with_jwks_uri(other.issuer(), &other.url("/jwks"))
+            }),
+    )
+    .await
+    .unwrap();
+
+    let browser = HeadlessBrowser::new().unwrap().user("robert");
+    let request = other
+        .authorization_request(&upstream_client)
+        .scope("openid email");
+    let foreign_id_token = other
+        .authorization_code_flow(&upstream_client, &request, &browser)
+        .await
+        .unwrap()
+        .expect_ok()
+        .unwrap()
+        .id_token()
+        .unwrap()
+        .to_owned();
+
+    let downstream = "https://calendar.example/api";
+    let exchanged = idp
+        .token_exchange(
+            &exchanger,
+            &foreign_id_token,
+            TOKEN_TYPE_JWT,
+            downstream,
+            Some("calendar:read"),
+        )
+        .await
+        .unwrap()
+        .expect_ok()
+        .unwrap();
+    let claims = idp
+        .verify_jwt(exchanged.access_token().unwrap(), Some(downstream))
+        .await
+        .unwrap();
+    assert_eq!(claims["sub"], "bob", "mapped by email: {claims}");
+    assert_eq!(claims["client_id"], "exchanger");
+
+    // The same issuer's tokens for another audience are refused.
+    let wrong_audience = other
+        .client_credentials(&upstream_client, None, Some("https://elsewhere.example/"))
+        .await
+        .unwrap()
+        .expect_ok()
+        .unwrap();
+    let refused = idp
+        .token_exchange(
+            &exchanger,
+            wrong_audience.access_token().unwrap(),
+            TOKEN_TYPE_JWT,
+            downstream,
+            None,
+        )
+        .await
+        .unwrap();
+    let description = refused.expect_error("invalid_grant").unwrap();
+    assert!(description.contains("aud"), "{description}");
 }
 
 #[tokio::test]
