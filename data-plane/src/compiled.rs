@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::config::UpstreamHostAllowlist;
 use crate::jwt::JwksRegistry;
+use crate::oauth::keyring::GatewayKeyring;
 use crate::proxy::agent_auth::AgentAuthPlan;
 use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
 
@@ -29,8 +30,10 @@ use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
 pub struct CompiledSnapshot {
     pub version: u64,
     servers: HashMap<String, CompiledServer>,
+    /// The gateway's authorization-server keys (Interactive SSO), parsed once.
+    pub gateway_keys: GatewayKeyring,
     /// The validated source, kept for the catalogs later steps need (identity providers,
-    /// OAuth apps, stored credentials).
+    /// OAuth apps, stored credentials, revocations).
     pub source: Snapshot,
 }
 
@@ -59,9 +62,13 @@ impl CompiledSnapshot {
                 Err(nested) => errors.extend_prefixed(&format!("servers[{name}]"), nested),
             }
         }
+        let gateway_keys = GatewayKeyring::compile(&source.gateway_keys)
+            .map_err(|nested| errors.extend_prefixed("gateway_keys", nested))
+            .unwrap_or_default();
         errors.into_result(Self {
             version: source.version,
             servers,
+            gateway_keys,
             source,
         })
     }
@@ -107,10 +114,9 @@ impl CompiledServer {
         let upstream = UpstreamTarget::from_url(&server.upstream_url)
             .map_err(|message| errors.push("upstream_url", message))
             .ok();
-        let agent_auth =
-            AgentAuthPlan::compile(&server.agent_auth.mode, jwks, server.name.as_str())
-                .map_err(|nested| errors.extend_prefixed("agent_auth", nested))
-                .ok();
+        let agent_auth = AgentAuthPlan::compile(&server.agent_auth.mode, jwks, &server.name)
+            .map_err(|nested| errors.extend_prefixed("agent_auth", nested))
+            .ok();
         let app_auth = AppAuthPlan::compile(&server.app_auth)
             .map_err(|nested| errors.extend_prefixed("app_auth", nested))
             .ok();

@@ -15,6 +15,8 @@ use portcullis_shared::secret::SecretValue;
 use portcullis_shared::validate::ValidationErrors;
 use url::Url;
 
+use crate::oauth::OAuthSettings;
+
 /// The exit code for a configuration the node refuses to start with (sysexits `EX_USAGE`).
 pub const EXIT_CODE_BAD_CONFIG: i32 = 64;
 
@@ -24,6 +26,8 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_UPSTREAM_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 20;
+pub use crate::oauth::DEFAULT_ACCESS_TOKEN_LIFETIME_SECS;
+pub const MAX_ACCESS_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// Environment variable names, one per setting. A flag wins over its variable.
 pub mod env {
@@ -46,6 +50,9 @@ pub mod env {
     pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_UPSTREAM_IDLE_TIMEOUT_SECS";
     pub const DRAIN_TIMEOUT_SECS: &str = "PORTCULLIS_NODE_DRAIN_TIMEOUT_SECS";
     pub const ALLOWED_UPSTREAM_HOSTS: &str = "PORTCULLIS_NODE_ALLOWED_UPSTREAM_HOSTS";
+    pub const ACCESS_TOKEN_LIFETIME_SECS: &str = "PORTCULLIS_NODE_ACCESS_TOKEN_LIFETIME_SECS";
+    pub const ALLOW_LOOPBACK_CLIENT_METADATA: &str =
+        "PORTCULLIS_NODE_ALLOW_LOOPBACK_CLIENT_METADATA";
     pub const LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
 }
 
@@ -135,6 +142,15 @@ pub struct RawNodeConfig {
     /// [env: PORTCULLIS_NODE_ALLOWED_UPSTREAM_HOSTS]
     #[arg(long)]
     pub allowed_upstream_hosts: Option<String>,
+    /// Lifetime of the access tokens Interactive SSO issues, 60 to 86400 [default: 600]
+    /// [env: PORTCULLIS_NODE_ACCESS_TOKEN_LIFETIME_SECS]
+    #[arg(long)]
+    pub access_token_lifetime_secs: Option<String>,
+    /// Fetch Client ID Metadata Documents from loopback and private addresses, and over http
+    /// on loopback. For tests only: it lets any client make the node fetch internal URLs
+    /// [env: PORTCULLIS_NODE_ALLOW_LOOPBACK_CLIENT_METADATA=true]
+    #[arg(long)]
+    pub allow_loopback_client_metadata: bool,
 }
 
 /// How log lines are written (always to stderr; stdout carries only the listening line).
@@ -189,6 +205,8 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub allowed_upstream_hosts: UpstreamHostAllowlist,
+    /// Interactive SSO: the authorization server's settings.
+    pub oauth: OAuthSettings,
 }
 
 /// The upstream hosts this node proxies to: a guard against server-side request forgery by
@@ -587,6 +605,39 @@ impl RawNodeConfig {
                 }),
             };
 
+        let access_token_lifetime_secs = parse_number(
+            &mut errors,
+            "access_token_lifetime_secs",
+            pick(
+                self.access_token_lifetime_secs,
+                env::ACCESS_TOKEN_LIFETIME_SECS,
+            ),
+            DEFAULT_ACCESS_TOKEN_LIFETIME_SECS,
+            60,
+        );
+        if access_token_lifetime_secs > MAX_ACCESS_TOKEN_LIFETIME_SECS {
+            errors.push(
+                "access_token_lifetime_secs",
+                format!("must be at most {MAX_ACCESS_TOKEN_LIFETIME_SECS}"),
+            );
+        }
+        let allow_loopback_client_metadata = self.allow_loopback_client_metadata
+            || match env.get(env::ALLOW_LOOPBACK_CLIENT_METADATA).as_deref() {
+                None | Some("" | "false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(other) => {
+                    errors.push(
+                        "allow_loopback_client_metadata",
+                        format!("must be true or false, got {other:?}"),
+                    );
+                    false
+                }
+            };
+        let oauth = OAuthSettings {
+            access_token_lifetime: Duration::from_secs(access_token_lifetime_secs),
+            allow_loopback_client_metadata,
+        };
+
         match (listen, control_plane_url, node_token, state_dir, state_key) {
             (Some(listen), Some(url), Some(node_token), Some(state_dir), Some(state_key))
                 if errors.is_empty() =>
@@ -606,6 +657,7 @@ impl RawNodeConfig {
                     drain_timeout,
                     log_format,
                     allowed_upstream_hosts,
+                    oauth,
                 })
             }
             _ => Err(errors),
@@ -746,6 +798,32 @@ mod tests {
         let config = RawNodeConfig::default().validate(&complete_env()).unwrap();
         assert_eq!(config.allowed_upstream_hosts, UpstreamHostAllowlist::Any);
         assert!(config.allowed_upstream_hosts.allows("169.254.169.254"));
+    }
+
+    #[test]
+    fn interactive_sso_settings_have_defaults_and_bounds() {
+        let config = RawNodeConfig::default().validate(&complete_env()).unwrap();
+        assert_eq!(config.oauth, OAuthSettings::default());
+        let mut environment = complete_env();
+        environment.insert(env::ACCESS_TOKEN_LIFETIME_SECS.to_owned(), "300".to_owned());
+        environment.insert(
+            env::ALLOW_LOOPBACK_CLIENT_METADATA.to_owned(),
+            "true".to_owned(),
+        );
+        let config = RawNodeConfig::default().validate(&environment).unwrap();
+        assert_eq!(config.oauth.access_token_lifetime, Duration::from_secs(300));
+        assert!(config.oauth.allow_loopback_client_metadata);
+        for bad in ["59", "86401", "soon"] {
+            let raw = RawNodeConfig {
+                access_token_lifetime_secs: Some(bad.to_owned()),
+                ..RawNodeConfig::default()
+            };
+            let errors = raw.validate(&complete_env()).unwrap_err();
+            assert_eq!(
+                errors.violations[0].field, "access_token_lifetime_secs",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,28 @@ pub struct DiscoveryOptions {
     pub allowed_upstream_hosts: UpstreamHostAllowlist,
 }
 
+/// The gRPC endpoint of the control plane: connect timeout, HTTP/2 keepalive, and TLS with
+/// the system roots plus `ca_pem` for an https URL. Shared by config discovery and the
+/// runtime calls of the authorization server.
+pub fn control_plane_endpoint(
+    control_plane: &Url,
+    ca_pem: Option<&[u8]>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(control_plane.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if control_plane.scheme() == "https" {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
 /// Keeps the node's snapshot current.
 pub struct DiscoveryClient {
     options: DiscoveryOptions,
@@ -218,20 +240,8 @@ impl DiscoveryClient {
     }
 
     fn endpoint(&self) -> Result<Endpoint, DiscoveryError> {
-        let mut endpoint = Endpoint::from_shared(self.options.control_plane.to_string())
-            .map_err(DiscoveryError::Endpoint)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        if self.options.control_plane.scheme() == "https" {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(pem) = &self.options.ca_pem {
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint.tls_config(tls).map_err(DiscoveryError::Endpoint)?;
-        }
-        Ok(endpoint)
+        control_plane_endpoint(&self.options.control_plane, self.options.ca_pem.as_deref())
+            .map_err(DiscoveryError::Endpoint)
     }
 
     /// One connection: hello, then updates until the stream ends. Errors carry whether any

@@ -7,6 +7,9 @@
 //! - [`proxy`]: the MCP Streamable HTTP proxy pipeline and the health endpoints.
 //! - [`jwt`]: JWT validation for agent authentication: JWKS keys, per-URL key caches,
 //!   claim checks, the verified-token cache.
+//! - [`oauth`]: Interactive SSO: the node as the MCP clients' OAuth 2.1 authorization
+//!   server (login delegated to the identity provider by OIDC), and the validation of the
+//!   access tokens it issues.
 //! - [`record`]: the structured record every proxied request produces.
 //! - [`node`]: startup, serving and graceful shutdown.
 
@@ -15,6 +18,7 @@ pub mod config;
 pub mod discovery;
 pub mod jwt;
 pub mod node;
+pub mod oauth;
 pub mod proxy;
 pub mod record;
 pub mod store;

@@ -14,6 +14,8 @@ use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::{NodeConfig, UpstreamHostAllowlist};
 use crate::discovery::{BackoffPolicy, DiscoveryClient, DiscoveryOptions};
 use crate::jwt::{JwksPolicy, JwksRegistry};
+use crate::oauth::runtime::RuntimeClient;
+use crate::oauth::{AuthorizationServer, Issuer};
 use crate::proxy::{NodeState, router};
 use crate::record::TracingRecordSink;
 use crate::store::SnapshotStore;
@@ -32,6 +34,10 @@ pub enum StartError {
     PublicUrl(SocketAddr),
     #[error("cannot build the HTTP client for JWKS URLs: {0}")]
     JwksClient(#[source] reqwest::Error),
+    #[error("cannot build the HTTP clients of the authorization server: {0}")]
+    OAuthClient(#[source] reqwest::Error),
+    #[error("cannot set up runtime calls to the control plane: {0}")]
+    Runtime(#[source] crate::oauth::runtime::RuntimeError),
 }
 
 /// A node whose listener is bound and whose persisted snapshot (if any) is loaded.
@@ -66,13 +72,22 @@ impl Node {
             None => Url::parse(&format!("http://{local_address}"))
                 .map_err(|_| StartError::PublicUrl(local_address))?,
         };
-        let state = Arc::new(NodeState::new(
+        let runtime = RuntimeClient::new(
+            &config.control_plane.url,
+            config.control_plane.ca_pem.as_deref(),
+            &config.control_plane.node_token,
+        )
+        .map_err(StartError::Runtime)?;
+        let oauth = AuthorizationServer::new(Issuer::new(&public_url), config.oauth, Some(runtime))
+            .map_err(StartError::OAuthClient)?;
+        let state = Arc::new(NodeState::with_authorization_server(
             &config.node_id,
             &public_url,
             local_address,
             slot.clone(),
             config.limits,
             Arc::new(TracingRecordSink),
+            oauth,
         ));
         let discovery = DiscoveryClient::new(
             DiscoveryOptions {

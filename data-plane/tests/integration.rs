@@ -497,18 +497,8 @@ mod proxy {
     }
 
     #[tokio::test]
-    async fn modes_this_node_cannot_serve_yet_are_refused_with_501() {
+    async fn app_auth_modes_this_node_cannot_serve_yet_are_refused_with_501() {
         let mut upstream = TestUpstream::start().await;
-        let mut interactive = server("sso", &upstream.url("/mcp"), bearer("t"));
-        interactive.agent_auth = Some(proto::AgentAuth {
-            mode: Some(proto::agent_auth::Mode::Interactive(
-                proto::InteractiveSso {
-                    identity_provider: "okta".to_owned(),
-                    scopes: Vec::new(),
-                },
-            )),
-            restricted_inbound_headers: Vec::new(),
-        });
         let client_credentials = server(
             "machine",
             &upstream.url("/mcp"),
@@ -519,30 +509,18 @@ mod proxy {
                 ..proto::ClientCredentials::default()
             }),
         );
-        let mut with_idp = snapshot(1, vec![interactive, client_credentials]);
-        with_idp.identity_providers = vec![proto::IdentityProvider {
-            id: "okta".to_owned(),
-            issuer: "https://okta.example.com".to_owned(),
-            client_id: "gateway".to_owned(),
-            ..proto::IdentityProvider::default()
-        }];
-        let node = TestNode::new(Some(with_idp), ProxyLimits::default());
-        for (name, message) in [
-            (
-                "sso",
-                "agent authentication mode interactive SSO is not supported by this node version",
-            ),
-            (
-                "machine",
-                "app authentication client_credentials is not supported by this node version",
-            ),
-        ] {
-            let response = node.send(post(name, &tool_call(11, "x"), &[])).await;
-            assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
-            let body = json_body(response).await;
-            assert_eq!(body["error"]["message"], message);
-            assert_eq!(body["error"]["data"]["code"], "unimplemented");
-        }
+        let node = TestNode::new(
+            Some(snapshot(1, vec![client_credentials])),
+            ProxyLimits::default(),
+        );
+        let response = node.send(post("machine", &tool_call(11, "x"), &[])).await;
+        assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+        let body = json_body(response).await;
+        assert_eq!(
+            body["error"]["message"],
+            "app authentication client_credentials is not supported by this node version"
+        );
+        assert_eq!(body["error"]["data"]["code"], "unimplemented");
         assert!(upstream.received_nothing());
     }
 

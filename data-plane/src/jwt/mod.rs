@@ -65,6 +65,10 @@ pub enum TokenRejection {
     WrongIssuer,
     #[error("wrong audience")]
     WrongAudience,
+    #[error("not an access token of this gateway")]
+    NotAccessToken,
+    #[error("the token was revoked")]
+    Revoked,
 }
 
 impl TokenRejection {
@@ -87,6 +91,8 @@ impl TokenRejection {
             TokenRejection::MissingSubject => "missing_subject",
             TokenRejection::WrongIssuer => "wrong_issuer",
             TokenRejection::WrongAudience => "wrong_audience",
+            TokenRejection::NotAccessToken => "not_an_access_token",
+            TokenRejection::Revoked => "revoked",
         }
     }
 
@@ -111,7 +117,9 @@ impl TokenRejection {
             | TokenRejection::MissingExpiry
             | TokenRejection::MissingSubject
             | TokenRejection::WrongIssuer
-            | TokenRejection::WrongAudience => Some("invalid_token"),
+            | TokenRejection::WrongAudience
+            | TokenRejection::NotAccessToken
+            | TokenRejection::Revoked => Some("invalid_token"),
         }
     }
 
@@ -172,6 +180,8 @@ mod tests {
             TokenRejection::MissingSubject,
             TokenRejection::WrongIssuer,
             TokenRejection::WrongAudience,
+            TokenRejection::NotAccessToken,
+            TokenRejection::Revoked,
         ];
         for rejection in all {
             let text = rejection.to_string();

@@ -21,6 +21,8 @@ use crate::jwt::keys::{SigningAlgorithm, VerificationKey};
 pub struct UnverifiedToken<'a> {
     pub algorithm: SigningAlgorithm,
     pub key_id: Option<String>,
+    /// The `typ` header (RFC 7515 section 4.1.9), for verifiers that require one.
+    pub token_type: Option<String>,
     /// `header.payload` as sent: the bytes the signature covers.
     signing_input: &'a str,
     payload: &'a str,
@@ -34,6 +36,8 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
 }
@@ -70,6 +74,7 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, TokenRejection> {
     Ok(UnverifiedToken {
         algorithm,
         key_id: header.kid,
+        token_type: header.typ,
         signing_input,
         payload,
         signature,

@@ -1,10 +1,10 @@
 //! Agent authentication: who is calling. It runs before the body is read and before
 //! anything is sent upstream, so an unauthenticated caller costs little and reaches nothing.
 //!
-//! [`AgentAuthPlan`] is the hook for every mode. Passthrough is implemented with and without
-//! JWT validation; Interactive SSO compiles to [`AgentAuthPlan::NotSupported`] and is refused
-//! with a clear error until this node version learns it. A new mode adds a variant here and
-//! an arm in [`AgentAuthPlan::authenticate`]; the pipeline does not change.
+//! [`AgentAuthPlan`] is the hook for every mode: Passthrough with and without JWT
+//! validation, and Interactive SSO, whose access tokens the gateway itself issued (see
+//! [`crate::oauth`]). A new mode adds a variant here and an arm in
+//! [`AgentAuthPlan::authenticate`]; the pipeline does not change.
 //!
 //! The result is a [`Caller`]. The pipeline hands it to the later steps (app authentication,
 //! additional outbound headers), which will use its [`CallerIdentity`] for per-user
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use portcullis_shared::config::AgentAuthMode;
+use portcullis_shared::names::{CatalogId, ServerName};
 use portcullis_shared::secret::SecretValue;
 use portcullis_shared::validate::ValidationErrors;
 use serde_json::{Map, Value};
@@ -23,6 +24,7 @@ use crate::jwt::{
     JwksRegistry, JwtValidator, MAX_AUTHORIZATION_HEADER_BYTES, TokenRejection, VerifiedClaims,
     unix_now,
 };
+use crate::oauth::resource::{GatewayContext, InteractivePlan, InteractiveRefusal};
 use crate::proxy::error::ProxyError;
 
 /// How a server authenticates its callers, compiled once per snapshot.
@@ -35,8 +37,9 @@ pub enum AgentAuthPlan {
     /// verifies against the configured JWKS (and issuer and audience, when set). The token
     /// is still not forwarded, unless app authentication is Passthrough.
     PassthroughValidated(JwtValidator),
-    /// A mode this node version cannot check yet. Refused, never let through unchecked.
-    NotSupported { mode: &'static str },
+    /// Interactive SSO: the caller must present an access token the gateway's own
+    /// authorization server issued for this server, after a login at the identity provider.
+    Interactive(InteractivePlan),
 }
 
 /// Who the caller is, as far as the node knows.
@@ -54,11 +57,37 @@ pub struct Caller {
 pub struct CallerIdentity {
     claims: Arc<VerifiedClaims>,
     token: SecretValue,
+    identity_provider: Option<CatalogId>,
 }
 
 impl CallerIdentity {
+    /// A caller whose JWT was verified under Passthrough.
     pub fn new(claims: Arc<VerifiedClaims>, token: SecretValue) -> Self {
-        Self { claims, token }
+        Self {
+            claims,
+            token,
+            identity_provider: None,
+        }
+    }
+
+    /// A user who logged in through Interactive SSO at `identity_provider`. The claims'
+    /// issuer is the identity provider's; the token is the gateway's access token.
+    pub fn interactive(
+        claims: Arc<VerifiedClaims>,
+        token: SecretValue,
+        identity_provider: CatalogId,
+    ) -> Self {
+        Self {
+            claims,
+            token,
+            identity_provider: Some(identity_provider),
+        }
+    }
+
+    /// The catalog id of the identity provider the user logged in with (Interactive SSO
+    /// only). With [`Self::subject`] it names the user for per-user credentials.
+    pub fn identity_provider(&self) -> Option<&CatalogId> {
+        self.identity_provider.as_ref()
     }
 
     /// The `sub` claim.
@@ -115,12 +144,13 @@ impl Caller {
 }
 
 impl AgentAuthPlan {
-    /// `server` names the server in log lines.
+    /// `server` names the server in log lines and in the Interactive resource.
     pub fn compile(
         mode: &AgentAuthMode,
         jwks: &JwksRegistry,
-        server: &str,
+        server: &ServerName,
     ) -> Result<Self, ValidationErrors> {
+        let server_name = server.as_str();
         match mode {
             AgentAuthMode::Passthrough {
                 jwt_validation: None,
@@ -128,23 +158,44 @@ impl AgentAuthPlan {
             AgentAuthMode::Passthrough {
                 jwt_validation: Some(validation),
             } => Ok(Self::PassthroughValidated(JwtValidator::compile(
-                validation, jwks, server,
+                validation,
+                jwks,
+                server_name,
             )?)),
-            AgentAuthMode::Interactive { .. } => Ok(Self::NotSupported {
-                mode: "interactive SSO",
-            }),
+            AgentAuthMode::Interactive {
+                identity_provider,
+                scopes,
+            } => Ok(Self::Interactive(InteractivePlan::new(
+                server.clone(),
+                identity_provider.clone(),
+                scopes.clone(),
+            ))),
         }
     }
 
-    /// Authenticates the caller from the request headers.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ProxyError> {
-        self.authenticate_at(headers, unix_now()).await
+    /// The Interactive plan, for the OAuth endpoints that describe the server.
+    pub fn interactive(&self) -> Option<&InteractivePlan> {
+        match self {
+            AgentAuthPlan::Interactive(plan) => Some(plan),
+            AgentAuthPlan::PassthroughUnchecked | AgentAuthPlan::PassthroughValidated(_) => None,
+        }
+    }
+
+    /// Authenticates the caller from the request headers. `gateway` is what Interactive SSO
+    /// validates against (the node's issuer, the snapshot's keys and revocations).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        gateway: &GatewayContext<'_>,
+    ) -> Result<Caller, ProxyError> {
+        self.authenticate_at(headers, gateway, unix_now()).await
     }
 
     /// [`Self::authenticate`] at a given time (seconds since the Unix epoch), for tests.
     pub async fn authenticate_at(
         &self,
         headers: &HeaderMap,
+        gateway: &GatewayContext<'_>,
         now_unix: i64,
     ) -> Result<Caller, ProxyError> {
         match self {
@@ -159,7 +210,21 @@ impl AgentAuthPlan {
                     identity: Some(CallerIdentity::new(claims, SecretValue::new(token))),
                 })
             }
-            AgentAuthPlan::NotSupported { mode } => Err(ProxyError::AgentAuthNotSupported(mode)),
+            AgentAuthPlan::Interactive(plan) => match plan.authenticate(headers, gateway, now_unix)
+            {
+                Ok(identity) => Ok(Caller {
+                    identity: Some(identity),
+                }),
+                Err(InteractiveRefusal::Unauthenticated(rejection)) => {
+                    Err(ProxyError::InteractiveUnauthenticated {
+                        rejection,
+                        challenge: Box::new(plan.challenge(gateway.issuer)),
+                    })
+                }
+                Err(InteractiveRefusal::InsufficientScope) => Err(ProxyError::InsufficientScope(
+                    Box::new(plan.challenge(gateway.issuer)),
+                )),
+            },
         }
     }
 }
@@ -197,8 +262,8 @@ mod tests {
     use crate::jwt::JwksPolicy;
     use crate::jwt::remote::tests::ScriptedFetcher;
     use crate::jwt::test_keys::{TestKey, jwks};
+    use crate::oauth::tests::TestGateway;
     use portcullis_shared::config::{JwksSource, JwtValidation};
-    use portcullis_shared::names::CatalogId;
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;
@@ -229,15 +294,19 @@ mod tests {
                 jwt_validation: None,
             },
             &registry(),
-            "demo",
+            &ServerName::parse("demo").unwrap(),
         )
         .unwrap();
-        let caller = plan.authenticate(&HeaderMap::new()).await.unwrap();
+        let gateway = TestGateway::new();
+        let caller = plan
+            .authenticate(&HeaderMap::new(), &gateway.context())
+            .await
+            .unwrap();
         assert_eq!(caller.record_name(), "anonymous");
         assert!(caller.identity.is_none());
         // Even garbage passes unchecked, as it does today.
         let caller = plan
-            .authenticate(&headers_with(&["Bearer not-a-jwt"]))
+            .authenticate(&headers_with(&["Bearer not-a-jwt"]), &gateway.context())
             .await
             .unwrap();
         assert!(caller.identity.is_none());
@@ -255,15 +324,20 @@ mod tests {
                 }),
             },
             &registry(),
-            "demo",
+            &ServerName::parse("demo").unwrap(),
         )
         .unwrap();
+        let gateway = TestGateway::new();
         let token = key.sign(&json!({
             "sub": "alice", "iss": "https://idp", "exp": NOW + 60,
             "email": "alice@example.com", "groups": ["eng"], "tenant": "t1"
         }));
         let caller = plan
-            .authenticate_at(&headers_with(&[&format!("bearer  {token}")]), NOW)
+            .authenticate_at(
+                &headers_with(&[&format!("bearer  {token}")]),
+                &gateway.context(),
+                NOW,
+            )
             .await
             .unwrap();
         assert_eq!(caller.record_name(), "alice");
@@ -277,7 +351,9 @@ mod tests {
         assert_eq!(identity.token().expose(), token);
         assert!(!format!("{caller:?}").contains(&token));
 
-        let missing = plan.authenticate_at(&HeaderMap::new(), NOW).await;
+        let missing = plan
+            .authenticate_at(&HeaderMap::new(), &gateway.context(), NOW)
+            .await;
         assert_eq!(rejection(missing.unwrap_err()), TokenRejection::Missing);
     }
 
@@ -320,25 +396,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn interactive_sso_is_refused_until_implemented() {
+    async fn interactive_sso_refuses_without_a_gateway_token_and_points_at_the_metadata() {
         let plan = AgentAuthPlan::compile(
             &AgentAuthMode::Interactive {
-                identity_provider: CatalogId::parse("okta").unwrap(),
-                scopes: Vec::new(),
+                identity_provider: CatalogId::parse("corp").unwrap(),
+                scopes: vec![portcullis_shared::names::Scope::parse("mcp").unwrap()],
             },
             &registry(),
-            "demo",
+            &ServerName::parse("demo").unwrap(),
         )
         .unwrap();
+        let gateway = TestGateway::new();
         let error = plan
-            .authenticate(&headers_with(&["Bearer looks-valid"]))
+            .authenticate(&headers_with(&["Bearer looks-valid"]), &gateway.context())
             .await
             .unwrap_err();
-        assert!(matches!(error, ProxyError::AgentAuthNotSupported(_)));
-        assert!(
-            error
-                .public_message()
-                .contains("not supported by this node version")
+        let ProxyError::InteractiveUnauthenticated {
+            rejection,
+            challenge,
+        } = error
+        else {
+            panic!("not a 401: {error}");
+        };
+        assert!(matches!(rejection, TokenRejection::Malformed(_)));
+        assert_eq!(
+            challenge.resource_metadata,
+            "http://gateway.test/.well-known/oauth-protected-resource/mcp/demo"
+        );
+        assert_eq!(challenge.scope, "mcp");
+        let token = gateway.access_token("alice", "demo", &["mcp"]);
+        let caller = plan
+            .authenticate(
+                &headers_with(&[&format!("Bearer {token}")]),
+                &gateway.context(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(caller.record_name(), "alice");
+        assert_eq!(
+            caller
+                .identity
+                .unwrap()
+                .identity_provider()
+                .map(CatalogId::as_str),
+            Some("corp")
         );
     }
 
@@ -356,7 +457,7 @@ mod tests {
                 }),
             },
             &registry(),
-            "demo",
+            &ServerName::parse("demo").unwrap(),
         )
         .unwrap_err();
         assert!(

@@ -12,6 +12,7 @@ use portcullis_shared::error::ErrorCode;
 use serde_json::{Value, json};
 
 use crate::jwt::TokenRejection;
+use crate::oauth::resource::ResourceChallenge;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,11 +38,19 @@ pub enum ProxyError {
     HostNotAllowed(String),
     #[error("origin {0:?} is not allowed for this server")]
     OriginNotAllowed(String),
-    #[error("agent authentication mode {0} is not supported by this node version")]
-    AgentAuthNotSupported(&'static str),
     /// A missing or invalid caller token. The reason is safe to show and is shown.
     #[error("{0}")]
     Unauthenticated(TokenRejection),
+    /// Interactive SSO: a missing or invalid gateway access token. The challenge tells the
+    /// client where to get one (RFC 9728).
+    #[error("{rejection}")]
+    InteractiveUnauthenticated {
+        rejection: TokenRejection,
+        challenge: Box<ResourceChallenge>,
+    },
+    /// Interactive SSO: a valid token without every scope the server requires.
+    #[error("the token lacks a scope this server requires")]
+    InsufficientScope(Box<ResourceChallenge>),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body")]
@@ -70,11 +79,12 @@ impl ProxyError {
             ProxyError::UnknownServer => ErrorCode::NotFound,
             ProxyError::MissingHost
             | ProxyError::HostNotAllowed(_)
-            | ProxyError::OriginNotAllowed(_) => ErrorCode::PermissionDenied,
-            ProxyError::AgentAuthNotSupported(_) | ProxyError::AppAuthNotSupported(_) => {
-                ErrorCode::Unimplemented
+            | ProxyError::OriginNotAllowed(_)
+            | ProxyError::InsufficientScope(_) => ErrorCode::PermissionDenied,
+            ProxyError::AppAuthNotSupported(_) => ErrorCode::Unimplemented,
+            ProxyError::Unauthenticated(_) | ProxyError::InteractiveUnauthenticated { .. } => {
+                ErrorCode::Unauthenticated
             }
-            ProxyError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ProxyError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ProxyError::BodyRead(_) | ProxyError::JsonParse(_) | ProxyError::InvalidJsonRpc(_) => {
                 ErrorCode::InvalidArgument
@@ -101,8 +111,9 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::HostNotAllowed(_)
             | ProxyError::OriginNotAllowed(_)
-            | ProxyError::AgentAuthNotSupported(_)
             | ProxyError::Unauthenticated(_)
+            | ProxyError::InteractiveUnauthenticated { .. }
+            | ProxyError::InsufficientScope(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::AppAuthNotSupported(_)
@@ -124,8 +135,9 @@ impl ProxyError {
             ProxyError::Internal(_) => "internal error".to_owned(),
             ProxyError::NotReady
             | ProxyError::UnknownServer
-            | ProxyError::AgentAuthNotSupported(_)
             | ProxyError::Unauthenticated(_)
+            | ProxyError::InteractiveUnauthenticated { .. }
+            | ProxyError::InsufficientScope(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::JsonParse(_)
@@ -141,8 +153,13 @@ impl ProxyError {
     /// `data.reason` and the RFC 6750 challenge in `WWW-Authenticate`.
     pub fn into_response_with_id(self, id: Value) -> Response {
         let mut data = json!({ "code": self.code().as_str() });
-        if let ProxyError::Unauthenticated(rejection) = &self {
-            data["reason"] = json!(rejection.code());
+        match &self {
+            ProxyError::Unauthenticated(rejection)
+            | ProxyError::InteractiveUnauthenticated { rejection, .. } => {
+                data["reason"] = json!(rejection.code());
+            }
+            ProxyError::InsufficientScope(_) => data["reason"] = json!("insufficient_scope"),
+            _ => {}
         }
         let mut response = jsonrpc_error_response_with_data(
             self.http_status(),
@@ -151,8 +168,17 @@ impl ProxyError {
             &self.public_message(),
             data,
         );
-        if let ProxyError::Unauthenticated(rejection) = &self
-            && let Ok(challenge) = HeaderValue::from_str(&rejection.www_authenticate())
+        let challenge = match &self {
+            ProxyError::Unauthenticated(rejection) => Some(rejection.www_authenticate()),
+            ProxyError::InteractiveUnauthenticated {
+                rejection,
+                challenge,
+            } => Some(challenge.unauthenticated(*rejection)),
+            ProxyError::InsufficientScope(challenge) => Some(challenge.insufficient_scope()),
+            _ => None,
+        };
+        if let Some(challenge) = challenge
+            && let Ok(challenge) = HeaderValue::from_str(&challenge)
         {
             response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
         }
@@ -269,12 +295,37 @@ mod tests {
         assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer");
     }
 
+    #[tokio::test]
+    async fn interactive_refusals_carry_the_resource_metadata_and_scopes() {
+        let challenge = Box::new(ResourceChallenge {
+            resource_metadata: "https://gw/.well-known/oauth-protected-resource/mcp/a".to_owned(),
+            scope: "mcp".to_owned(),
+        });
+        let response = ProxyError::InteractiveUnauthenticated {
+            rejection: TokenRejection::Missing,
+            challenge: challenge.clone(),
+        }
+        .into_response_with_id(Value::Null);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer resource_metadata=\"https://gw/.well-known/oauth-protected-resource/mcp/a\", scope=\"mcp\""
+        );
+        let response = ProxyError::InsufficientScope(challenge).into_response_with_id(json!(1));
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(
+            response.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer error=\"insufficient_scope\"")
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["data"]["reason"], "insufficient_scope");
+    }
+
     #[test]
     fn unsupported_modes_are_501_and_not_ready_is_503() {
-        assert_eq!(
-            ProxyError::AgentAuthNotSupported("interactive").http_status(),
-            StatusCode::NOT_IMPLEMENTED
-        );
         assert_eq!(
             ProxyError::AppAuthNotSupported("client_credentials").http_status(),
             StatusCode::NOT_IMPLEMENTED

@@ -36,6 +36,8 @@ use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::ProxyLimits;
+use crate::oauth::resource::GatewayContext;
+use crate::oauth::{AuthorizationServer, Issuer, OAuthSettings};
 use crate::proxy::app_auth::AppAuthPlan;
 use crate::proxy::error::ProxyError;
 use crate::proxy::host_origin::HostPolicy;
@@ -43,7 +45,7 @@ use crate::proxy::upstream::{StreamedBody, UpstreamClient};
 use crate::record::{Outcome, RecordBuilder, RecordSink};
 
 /// Everything the request path shares: the current snapshot, the upstream client, limits,
-/// and where records go.
+/// where records go, and the Interactive SSO authorization server.
 pub struct NodeState {
     pub node_id: Arc<str>,
     pub snapshots: Arc<SnapshotSlot>,
@@ -51,9 +53,12 @@ pub struct NodeState {
     pub upstream: UpstreamClient,
     pub limits: ProxyLimits,
     pub records: Arc<dyn RecordSink>,
+    pub oauth: AuthorizationServer,
 }
 
 impl NodeState {
+    /// A node state with default authorization-server settings and no control plane for
+    /// its runtime calls (tests and benchmarks; see [`Self::with_authorization_server`]).
     pub fn new(
         node_id: &str,
         public_url: &Url,
@@ -62,6 +67,24 @@ impl NodeState {
         limits: ProxyLimits,
         records: Arc<dyn RecordSink>,
     ) -> Self {
+        let oauth =
+            AuthorizationServer::new(Issuer::new(public_url), OAuthSettings::default(), None)
+                // As reqwest::Client::new: only a TLS backend that cannot start fails here.
+                .expect("the HTTP clients of the authorization server build");
+        Self::with_authorization_server(
+            node_id, public_url, listen, snapshots, limits, records, oauth,
+        )
+    }
+
+    pub fn with_authorization_server(
+        node_id: &str,
+        public_url: &Url,
+        listen: SocketAddr,
+        snapshots: Arc<SnapshotSlot>,
+        limits: ProxyLimits,
+        records: Arc<dyn RecordSink>,
+        oauth: AuthorizationServer,
+    ) -> Self {
         Self {
             node_id: Arc::from(node_id),
             snapshots,
@@ -69,12 +92,14 @@ impl NodeState {
             upstream: UpstreamClient::new(&limits),
             limits,
             records,
+            oauth,
         }
     }
 }
 
-/// The node's HTTP surface. No layer here buffers or compresses responses: SSE must pass
-/// through frame by frame.
+/// The node's HTTP surface: the MCP proxy, the health endpoints, and the OAuth endpoints
+/// of Interactive SSO ([`crate::oauth::routes`]). No layer here buffers or compresses
+/// responses: SSE must pass through frame by frame.
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -82,6 +107,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         // Streamable HTTP uses POST (messages), GET (server stream) and DELETE (end of
         // session); other methods get 405 from the router.
         .route("/mcp/{server}", get(proxy).post(proxy).delete(proxy))
+        .merge(crate::oauth::routes())
         .with_state(state)
 }
 
@@ -185,10 +211,21 @@ async fn forward(
     // 3. Agent authentication: who is calling. Before the body is read, so an
     //    unauthenticated caller cannot make the node buffer megabytes. With JWT validation
     //    a missing or invalid token ends the request here (401), before anything reaches
-    //    the upstream. The `Caller` it yields is handed to steps 5 and 6 below.
+    //    the upstream. Interactive SSO validates the gateway's own access tokens locally,
+    //    against this snapshot's keys and revocations. The `Caller` it yields is handed to
+    //    steps 5 and 6 below.
     // Whether a credential was presented is recorded for refused requests too.
     record.fields().caller_presented_credential = parts.headers.contains_key(AUTHORIZATION);
-    let caller = server.agent_auth.authenticate(&parts.headers).await?;
+    let gateway = GatewayContext {
+        issuer: &node.oauth.issuer,
+        keys: &snapshot.gateway_keys,
+        revoked_users: &snapshot.source.revoked_users,
+        revoked_grants: &snapshot.source.revoked_grants,
+    };
+    let caller = server
+        .agent_auth
+        .authenticate(&parts.headers, &gateway)
+        .await?;
     record.fields().caller = caller.record_name();
     record.fields().caller_verified = caller.identity.is_some();
 
@@ -293,9 +330,15 @@ fn stream_back(node: &NodeState, forwarded: Forwarded, mut record: RecordBuilder
 /// JSON-RPC error that carries only the public message.
 fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Response {
     let outcome = match &error {
-        ProxyError::Unauthenticated(rejection) => {
+        ProxyError::Unauthenticated(rejection)
+        | ProxyError::InteractiveUnauthenticated { rejection, .. } => {
             tracing::info!(reason = rejection.code(), error = %error, "caller refused by agent authentication");
             record.fields().agent_auth_rejection = Some(rejection.code());
+            Outcome::Rejected
+        }
+        ProxyError::InsufficientScope(_) => {
+            tracing::info!(error = %error, "caller refused: missing scope");
+            record.fields().agent_auth_rejection = Some("insufficient_scope");
             Outcome::Rejected
         }
         ProxyError::UpstreamUnreachable(_)
@@ -313,7 +356,6 @@ fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Resp
         | ProxyError::MissingHost
         | ProxyError::HostNotAllowed(_)
         | ProxyError::OriginNotAllowed(_)
-        | ProxyError::AgentAuthNotSupported(_)
         | ProxyError::PayloadTooLarge { .. }
         | ProxyError::BodyRead(_)
         | ProxyError::JsonParse(_)
