@@ -8,8 +8,13 @@
 //! the test does not depend on which headers the client library happens to send: through
 //! the node, the upstream must see the direct set minus the stripped headers, plus the
 //! credential, with every other value unchanged.
+//!
+//! Afterwards no secret (configured credentials, caller credentials, admin and node tokens)
+//! may appear in plaintext in the control plane's or the node's logs, the event log, or the
+//! node's persisted snapshot.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use portcullis_tests::echo_upstream::EchoedRequest;
 use portcullis_tests::gateway::servers::{
@@ -21,6 +26,7 @@ use serde_json::json;
 
 const CALLER_AUTHORIZATION: &str = "Bearer caller-token-7Hq2";
 const CALLER_COOKIE: &str = "session=caller-cookie-Zk41";
+const CALLER_PROXY_AUTHORIZATION: &str = "Basic cHJveHktdXNlcjpwcm94eS1Xczgy";
 const INTERNAL_SECRET: &str = "internal-secret-Pw09";
 const INTERNAL_TRACE: &str = "internal-trace-Lm33";
 const FORGED_API_KEY: &str = "forged-key-Qa77";
@@ -37,6 +43,7 @@ fn caller_headers() -> Vec<(&'static str, &'static str)> {
     vec![
         ("Authorization", CALLER_AUTHORIZATION),
         ("Cookie", CALLER_COOKIE),
+        ("Proxy-Authorization", CALLER_PROXY_AUTHORIZATION),
         ("X-Internal-Secret", INTERNAL_SECRET),
         ("X-INTERNAL-Trace", INTERNAL_TRACE),
         ("X-Api-Key", FORGED_API_KEY),
@@ -49,6 +56,7 @@ fn caller_headers() -> Vec<(&'static str, &'static str)> {
 fn stripped(name: &str) -> bool {
     name == "authorization"
         || name == "cookie"
+        || name == "proxy-authorization"
         || name.starts_with("x-internal-")
         || name == "connection"
 }
@@ -117,7 +125,12 @@ fn assert_forwarded(
             );
         }
         for value in values {
-            for caller_secret in [CALLER_COOKIE, INTERNAL_SECRET, INTERNAL_TRACE] {
+            for caller_secret in [
+                CALLER_COOKIE,
+                CALLER_PROXY_AUTHORIZATION,
+                INTERNAL_SECRET,
+                INTERNAL_TRACE,
+            ] {
                 assert!(
                     !value.contains(caller_secret),
                     "{kind}: {name} carries a caller secret: {value}"
@@ -166,6 +179,10 @@ async fn each_app_auth_kind_sends_exactly_its_credential_upstream() {
     // The direct request is the reference: it carried everything the caller sent.
     assert_eq!(direct.header("authorization"), Some(CALLER_AUTHORIZATION));
     assert_eq!(direct.header("cookie"), Some(CALLER_COOKIE));
+    assert_eq!(
+        direct.header("proxy-authorization"),
+        Some(CALLER_PROXY_AUTHORIZATION)
+    );
     assert_eq!(direct.header("x-internal-trace"), Some(INTERNAL_TRACE));
     assert_eq!(direct.header("x-api-key"), Some(FORGED_API_KEY));
 
@@ -216,6 +233,82 @@ async fn each_app_auth_kind_sends_exactly_its_credential_upstream() {
         Some(("authorization", CALLER_AUTHORIZATION)),
     );
     assert_eq!(passthrough.query, None);
+
+    // Nothing secret was written in plaintext by the gateway: not in a log line of the
+    // control plane or the node, not in the event log, not in the node's snapshot file.
+    let mut secrets = vec![
+        HEADER_KEY.to_owned(),
+        QUERY_KEY.to_owned(),
+        // As it travels in the upstream URL.
+        "query+key%2Fwith%2Bspecials%26%3D1".to_owned(),
+        BEARER_TOKEN.to_owned(),
+        BASIC_PASSWORD.to_owned(),
+        basic_credentials["Basic ".len()..].to_owned(),
+        "caller-token-7Hq2".to_owned(),
+        "caller-cookie-Zk41".to_owned(),
+        CALLER_PROXY_AUTHORIZATION["Basic ".len()..].to_owned(),
+        INTERNAL_SECRET.to_owned(),
+        gateway.files.admin_token().to_owned(),
+        gateway.files.node_token().to_owned(),
+    ];
+    secrets.retain(|secret| !secret.is_empty());
+    let mut places: Vec<PathBuf> = vec![
+        node.process().stdout_path().to_owned(),
+        node.process().stderr_path().to_owned(),
+        gateway.control_plane.process().stdout_path().to_owned(),
+        gateway.control_plane.process().stderr_path().to_owned(),
+    ];
+    // The installation's folder, except the files that hold a key or token on purpose.
+    places.extend(
+        files_under(gateway.files.folder())
+            .into_iter()
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_string_lossy();
+                !(name.ends_with(".key") || name == "node.token")
+            }),
+    );
+    assert!(
+        places.iter().any(|path| path.ends_with("snapshot.bin")),
+        "the node persisted its snapshot: {places:?}"
+    );
+    for place in &places {
+        let contents = std::fs::read(place).unwrap();
+        for secret in &secrets {
+            assert!(
+                !contains(&contents, secret.as_bytes()),
+                "{} holds a secret in plaintext ({}...)",
+                place.display(),
+                &secret[..4]
+            );
+        }
+    }
+}
+
+fn files_under(folder: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, _)) = needle.split_first() else {
+        return true;
+    };
+    haystack
+        .iter()
+        .enumerate()
+        .filter(|&(_, &byte)| byte == first)
+        .any(|(start, _)| haystack[start..].starts_with(needle))
 }
 
 /// Standard base64 with padding (RFC 4648), for the expected Basic credentials.
