@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis_proto::v1 as proto;
+use portcullis_tests::echo_upstream::EchoedRequest;
 use portcullis_tests::gateway::servers::{api_key_in_header, bearer, server};
 use portcullis_tests::gateway::{
     ControlPlane, PROPAGATION_TIMEOUT, PortTaken, fleet_node, wait_for_fleet,
@@ -26,7 +27,7 @@ async fn upstream_api_key(node: &Node, name: &str) -> anyhow::Result<Option<Stri
     let text = call_tool_text(&node.mcp_url(name), &[], "echo_headers", json!({}))
         .await
         .with_context(|| format!("echo_headers through {}", node.node_id()))?;
-    let echoed: portcullis_tests::echo_upstream::EchoedRequest = serde_json::from_str(&text)?;
+    let echoed: EchoedRequest = serde_json::from_str(&text)?;
     Ok(echoed.header("x-api-key").map(str::to_owned))
 }
 
@@ -52,6 +53,16 @@ async fn a_changed_api_key_is_used_by_the_next_request_through_either_node() {
             Some("key-before-change")
         );
     }
+    // Sessions opened before the change: their next request must use the new key too,
+    // because a node reads the configuration per request, not per session.
+    let mut open_sessions = Vec::new();
+    for node in &gateway.nodes {
+        open_sessions.push(
+            McpHttpSession::connect(&node.mcp_url("keyed"), &[])
+                .await
+                .unwrap(),
+        );
+    }
 
     let written = gateway
         .admin
@@ -71,12 +82,24 @@ async fn a_changed_api_key_is_used_by_the_next_request_through_either_node() {
             .await
             .unwrap();
     }
-    // Once a node serves the new version, its very next request carries the new key.
-    for node in &gateway.nodes {
+    // Once a node serves the new version, its very next request carries the new key, in a
+    // session opened before the change as in a new one.
+    for (node, session) in gateway.nodes.iter().zip(&mut open_sessions) {
+        let text = session
+            .call_tool_text("echo_headers", json!({}))
+            .await
+            .unwrap();
+        let echoed: EchoedRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            echoed.header("x-api-key"),
+            Some("key-after-change"),
+            "in the open session through {}",
+            node.node_id()
+        );
         assert_eq!(
             upstream_api_key(node, "keyed").await.unwrap().as_deref(),
             Some("key-after-change"),
-            "through {}",
+            "in a new session through {}",
             node.node_id()
         );
     }
