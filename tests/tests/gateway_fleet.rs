@@ -119,8 +119,35 @@ async fn a_changed_api_key_is_used_by_the_next_request_through_either_node() {
     assert_eq!(fleet.latest_version, written.revision);
     for node in &fleet.nodes {
         assert_eq!(node.last_nack_version, 0, "{node:?}");
-        assert!(!node.address.is_empty(), "{node:?}");
+        assert_eq!(
+            node.address,
+            format!(
+                "http://{}/",
+                gateway
+                    .nodes
+                    .iter()
+                    .find(|running| running.node_id() == node.node_id)
+                    .unwrap()
+                    .address()
+            ),
+            "fleet status tells where each node serves"
+        );
     }
+
+    // A node that crashes drops out of the connected fleet, keeping its last version.
+    gateway.nodes[1].kill_hard().unwrap();
+    wait_for_fleet(
+        &mut gateway.admin,
+        "node-2 disconnected",
+        PROPAGATION_TIMEOUT,
+        |reply| {
+            fleet_node(reply, "node-2")
+                .is_some_and(|node| !node.connected && node.applied_version == written.revision)
+                && connected_on(reply, "node-1", written.revision)
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// How many times the outage scenario is set up anew when the control plane's port was
