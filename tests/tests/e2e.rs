@@ -11,6 +11,7 @@ mod gateway_app_auth;
 mod gateway_clients;
 mod gateway_conformance;
 mod gateway_fleet;
+mod gateway_sso;
 mod harness;
 mod idp;
 mod local_deploy;
