@@ -18,9 +18,12 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
+use portcullis_tests::gateway::PROPAGATION_TIMEOUT;
 use portcullis_tests::gateway::servers::{passthrough, secret, server};
-use portcullis_tests::idp::{IdpClient, IdpConfig, TestIdp, jwt};
-use portcullis_tests::{EchoUpstream, Gateway, python_mcp_client};
+use portcullis_tests::idp::{IdpClient, IdpConfig, Pkce, TestIdp, jwt, random_token};
+use portcullis_tests::node_clients::mcp_remote_client_oauth;
+use portcullis_tests::process::{ChildProcess, pick_free_loopback_port, scratch_dir};
+use portcullis_tests::{EchoUpstream, Gateway, paths, python_mcp_client};
 use serde_json::{Value, json};
 
 /// The identity provider's id in the gateway's catalog.
@@ -348,4 +351,352 @@ async fn the_python_sdk_signs_alice_and_bob_in_across_two_nodes() {
     nodes.sort_unstable();
     nodes.dedup();
     assert_eq!(nodes, [0, 1]);
+}
+
+/// A bare OAuth client of the gateway, written in the test: dynamic registration, the
+/// authorization through the headless browser, and token requests, so a test can hold and
+/// replay the tokens themselves.
+struct TestClient {
+    http: reqwest::Client,
+    public_url: String,
+    client_id: String,
+    redirect_uri: String,
+}
+
+/// Nothing listens there: the browser stops at the redirect and hands over its parameters.
+const TEST_CLIENT_REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
+
+impl TestClient {
+    async fn register(public_url: &str, redirect_uri: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let response = http
+            .post(format!("{public_url}/oauth/register"))
+            .json(&json!({
+                "client_name": "e2e test client",
+                "redirect_uris": [redirect_uri],
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "application_type": "native",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let registration: Value = response.json().await.unwrap();
+        Self {
+            http,
+            public_url: public_url.to_owned(),
+            client_id: registration["client_id"].as_str().unwrap().to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+        }
+    }
+
+    /// The authorization request for `resource`, with a fresh PKCE pair.
+    fn authorization_url(&self, resource: &str, pkce: &Pkce, state: &str) -> String {
+        let mut url = url::Url::parse(&format!("{}/oauth/authorize", self.public_url)).unwrap();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("resource", resource)
+            .append_pair("state", state);
+        url.into()
+    }
+
+    async fn token_request(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/oauth/token", self.public_url))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-store",
+            "token responses are never cached"
+        );
+        (status, response.json().await.unwrap())
+    }
+
+    /// Signs the browser's user in for `resource`; returns the token response.
+    async fn sign_in(&self, browser: &HeadlessBrowser, resource: &str) -> Value {
+        let pkce = Pkce::new();
+        let state = random_token();
+        let outcome = browser
+            .authorize(&self.authorization_url(resource, &pkce, &state))
+            .await
+            .unwrap();
+        assert_eq!(outcome.param("state"), Some(state.as_str()), "{outcome:#?}");
+        assert_eq!(
+            outcome.param("iss"),
+            Some(self.public_url.as_str()),
+            "{outcome:#?}"
+        );
+        let code = outcome
+            .param("code")
+            .unwrap_or_else(|| panic!("no code: {outcome:#?}"));
+        let (status, tokens) = self
+            .token_request(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &self.redirect_uri),
+                ("code_verifier", &pkce.verifier),
+                ("client_id", &self.client_id),
+                ("resource", resource),
+            ])
+            .await;
+        assert_eq!(status, 200, "{tokens}");
+        tokens
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> (u16, Value) {
+        self.token_request(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", &self.client_id),
+        ])
+        .await
+    }
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {value}"))
+}
+
+/// What one node answers to an MCP initialize with `access_token`: the status and, for a
+/// refusal, its reason (`data.reason`).
+async fn node_verdict(node_mcp_url: &str, access_token: &str) -> (u16, Option<String>) {
+    let response = reqwest::Client::new()
+        .post(node_mcp_url)
+        .bearer_auth(access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"}
+            }
+        }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 200 {
+        return (status, None);
+    }
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["data"]["reason"].as_str().map(str::to_owned),
+    )
+}
+
+/// Polls every node until each refuses `access_token` as revoked (a revocation travels by
+/// snapshot); fails after the propagation timeout.
+async fn wait_until_every_node_refuses(sso: &Sso, access_token: &str) {
+    let deadline = std::time::Instant::now() + PROPAGATION_TIMEOUT;
+    for node in &sso.gateway.nodes {
+        loop {
+            let verdict = node_verdict(&node.mcp_url("echo"), access_token).await;
+            if verdict == (401, Some("revoked".to_owned())) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still answers {verdict:?} after {PROPAGATION_TIMEOUT:?}",
+                node.node_id()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_token_used_again_after_rotation_revokes_its_grant_on_every_node() {
+    let sso = Sso::start(2).await;
+    let client = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    let alice = HeadlessBrowser::new().unwrap().user("alice");
+    let first = client.sign_in(&alice, &sso.mcp_url()).await;
+    let first_refresh = text(&first, "refresh_token");
+    for node in &sso.gateway.nodes {
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&first, "access_token")).await,
+            (200, None)
+        );
+    }
+
+    // Rotation: the refresh token is single use; the new one and its access token work.
+    let (status, rotated) = client.refresh(first_refresh).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(text(&rotated, "refresh_token"), first_refresh);
+    let rotated_access = text(&rotated, "access_token");
+    assert_eq!(
+        node_verdict(&sso.gateway.node(0).mcp_url("echo"), rotated_access).await,
+        (200, None)
+    );
+
+    // The old refresh token again (a leaked copy): refused, and the grant is revoked.
+    let (status, refused) = client.refresh(first_refresh).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"], "invalid_grant");
+    wait_until_every_node_refuses(&sso, rotated_access).await;
+    wait_until_every_node_refuses(&sso, text(&first, "access_token")).await;
+    // The rotated refresh token belongs to the revoked grant too (whichever node answers).
+    for _ in &sso.gateway.nodes {
+        let (status, refused) = client.refresh(text(&rotated, "refresh_token")).await;
+        assert_eq!(status, 400, "{refused}");
+        assert_eq!(refused["error"], "invalid_grant");
+    }
+
+    // Another login of the same user is a new grant, untouched by the revocation.
+    let again = client.sign_in(&alice, &sso.mcp_url()).await;
+    for node in &sso.gateway.nodes {
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&again, "access_token")).await,
+            (200, None)
+        );
+    }
+}
+
+#[tokio::test]
+async fn signing_a_user_out_refuses_their_tokens_everywhere_and_leaves_others_alone() {
+    let mut sso = Sso::start(2).await;
+    let client = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    let alice = client
+        .sign_in(
+            &HeadlessBrowser::new().unwrap().user("alice"),
+            &sso.mcp_url(),
+        )
+        .await;
+    let bob = client
+        .sign_in(&HeadlessBrowser::new().unwrap().user("bob"), &sso.mcp_url())
+        .await;
+
+    sso.gateway
+        .admin
+        .revoke_user_sessions(proto::RevokeUserSessionsRequest {
+            identity_provider: IDP_ID.to_owned(),
+            subject: "alice".to_owned(),
+        })
+        .await
+        .unwrap();
+    wait_until_every_node_refuses(&sso, text(&alice, "access_token")).await;
+    let (status, refused) = client.refresh(text(&alice, "refresh_token")).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    for node in &sso.gateway.nodes {
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&bob, "access_token")).await,
+            (200, None)
+        );
+    }
+    let (status, refreshed) = client.refresh(text(&bob, "refresh_token")).await;
+    assert_eq!(status, 200, "{refreshed}");
+}
+
+#[tokio::test]
+async fn mcp_remote_signs_in_through_the_gateway() {
+    let sso = Sso::start(2).await;
+    let browser = HeadlessBrowser::new().unwrap().user("bob");
+    let run = mcp_remote_client_oauth(&sso.mcp_url(), &browser, &[])
+        .await
+        .unwrap();
+    run.expect_success().unwrap();
+    assert!(
+        run.run.stderr.contains("\"name\": \"whoami\""),
+        "mcp-remote listed no tools:\n{}",
+        run.run.stderr
+    );
+    assert_eq!(run.browser_runs.len(), 1, "{:#?}", run.browser_runs);
+    let trip = &run.browser_runs[0];
+    assert_eq!(trip.delivered_status, Some(200), "{trip:#?}");
+    assert_eq!(trip.param("iss"), Some(sso.public_url().as_str()));
+    let logs = sso.node_logs();
+    assert!(
+        logs.contains("jsonrpc_method=tools/list tool= caller=bob caller_verified=true"),
+        "no tools/list by bob in the records:\n{logs}"
+    );
+}
+
+/// The 0.2 alpha line of the MCP conformance suite against the gateway's authorization
+/// server: the metadata document, and a whole authorization-code grant (the suite prints the
+/// authorization URL and waits on its own callback listener; the headless browser walks the
+/// URL through consent and the IdP login and delivers the code to it).
+#[tokio::test]
+async fn the_conformance_suite_passes_the_gateways_authorization_server() {
+    let sso = Sso::start(1).await;
+    let callback_port = pick_free_loopback_port().unwrap();
+    let redirect_uri = format!("http://127.0.0.1:{callback_port}/callback");
+    let client = TestClient::register(&sso.public_url(), &redirect_uri).await;
+
+    let cli = paths::npm_package_file("conformance-authorization", "dist/index.js").unwrap();
+    let output_dir = scratch_dir("conformance-authorization-results").unwrap();
+    let mut command = std::process::Command::new(paths::node_binary().unwrap());
+    command
+        .arg(cli)
+        .arg("authorization")
+        .arg("--url")
+        .arg(sso.public_url())
+        .arg("--client-id")
+        .arg(&client.client_id)
+        .arg("--resource")
+        .arg(sso.mcp_url())
+        .arg("--port")
+        .arg(callback_port.to_string())
+        .arg("--output-dir")
+        .arg(output_dir.path())
+        .env("NO_COLOR", "1")
+        .env("FORCE_COLOR", "0");
+    let mut suite = ChildProcess::spawn("conformance-authorization", command).unwrap();
+    let authorization_url = suite
+        .wait_for_stdout_line(
+            |line| line.starts_with(&format!("{}/oauth/authorize?", sso.public_url())),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let browser = HeadlessBrowser::new().unwrap().user("alice");
+    let trip = browser
+        .authorize_and_deliver(authorization_url.trim())
+        .await
+        .unwrap();
+    assert_eq!(trip.delivered_status, Some(200), "{trip:#?}");
+    let status = suite.wait_for_exit(Duration::from_secs(60)).await.unwrap();
+    let stdout = suite.stdout_text();
+    assert!(status.success(), "the suite failed ({status}):\n{stdout}");
+    for scenario in [
+        "authorization-server-metadata-endpoint",
+        "authorization-code-grant",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("✓ {scenario}: "))
+                    && line.ends_with(", 0 failed")),
+            "{scenario} did not pass:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("\nTotal: "), "{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    // Two checks in the metadata scenario: the document, and the advisory check for Client
+    // ID Metadata Document support (a warning, not a failure, when it is missing).
+    assert!(
+        stdout.contains("✓ authorization-server-metadata-endpoint: 2 passed, 0 failed"),
+        "{stdout}"
+    );
 }
