@@ -3,6 +3,7 @@
 //! in-process control plane, and the binary as a child process.
 
 mod common;
+mod sso;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

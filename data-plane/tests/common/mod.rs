@@ -5,6 +5,7 @@
 
 pub mod control_plane;
 pub mod jwks;
+pub mod oauth;
 pub mod process;
 pub mod upstream;
 
@@ -20,6 +21,8 @@ use portcullis_data_plane::NodeState;
 use portcullis_data_plane::compiled::{CompiledSnapshot, SnapshotSlot};
 use portcullis_data_plane::config::ProxyLimits;
 use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry};
+use portcullis_data_plane::oauth::runtime::RuntimeClient;
+use portcullis_data_plane::oauth::{AuthorizationServer, Issuer, OAuthSettings};
 use portcullis_data_plane::record::{RecordSink, RequestRecord};
 use portcullis_proto::v1 as proto;
 use portcullis_shared::snapshot::{SNAPSHOT_SCHEMA_VERSION, Snapshot};
@@ -109,6 +112,31 @@ impl TestNode {
     /// and can look at the URL caches).
     pub fn with_jwks(snapshot: proto::Snapshot, jwks: &JwksRegistry) -> Self {
         Self::from_compiled(Some(compile_with(snapshot, jwks)), ProxyLimits::default())
+    }
+
+    /// A node serving `snapshot` whose authorization server has `settings` and calls
+    /// `runtime` for single use and revocations (none: those calls fail), with public URL
+    /// `public_url`.
+    pub fn with_authorization_server(
+        snapshot: proto::Snapshot,
+        public_url: &str,
+        settings: OAuthSettings,
+        runtime: Option<RuntimeClient>,
+    ) -> Self {
+        let public_url = Url::parse(public_url).unwrap();
+        let oauth = AuthorizationServer::new(Issuer::new(&public_url), settings, runtime).unwrap();
+        let slot = Arc::new(SnapshotSlot::new(Some(compile(snapshot))));
+        let (sender, records) = mpsc::unbounded_channel();
+        let state = Arc::new(NodeState::with_authorization_server(
+            "node-test",
+            &public_url,
+            "127.0.0.1:7400".parse().unwrap(),
+            slot,
+            ProxyLimits::default(),
+            Arc::new(ChannelRecordSink(sender)),
+            oauth,
+        ));
+        Self { state, records }
     }
 
     fn from_compiled(compiled: Option<CompiledSnapshot>, limits: ProxyLimits) -> Self {
