@@ -1,6 +1,8 @@
-//! Gateway overhead: the same JSON-RPC POST sent straight to an upstream and through the
-//! node (Bearer app auth, full pipeline), in the same run on loopback, sequentially and
-//! with concurrent callers. Prints latency percentiles, throughput and the ratios.
+//! Gateway overhead: the same JSON-RPC POST sent straight to an upstream, through the node
+//! without agent authentication (Bearer app auth, full pipeline), and through the node with
+//! Interactive SSO (a gateway access token validated on every request), in the same run on
+//! loopback, sequentially and with concurrent callers. Prints latency percentiles,
+//! throughput and the ratios.
 //!
 //! Bounded in count and time. Arguments: `[sequential_requests] [concurrent_callers]
 //! [requests_per_caller]` (defaults 2000, 32, 100). The numbers mean most in an optimised
@@ -21,7 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_data_plane::compiled::{CompiledSnapshot, SnapshotSlot};
 use portcullis_data_plane::config::ProxyLimits;
-use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry};
+use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry, unix_now};
+use portcullis_data_plane::oauth::Issuer;
+use portcullis_data_plane::oauth::grant::{Grant, UserIdentity, mint_access_token};
 use portcullis_data_plane::record::{RecordSink, RequestRecord};
 use portcullis_data_plane::{NodeState, router};
 use portcullis_proto::v1 as proto;
@@ -57,51 +61,156 @@ async fn start_upstream() -> SocketAddr {
     address
 }
 
-async fn start_node(upstream: SocketAddr) -> SocketAddr {
+fn secret(value: String) -> Option<proto::Secret> {
+    Some(proto::Secret {
+        value: Some(proto::secret::Value::Plaintext(value)),
+    })
+}
+
+/// One ES256 signing key and one sealing key, as the control plane generates them.
+fn gateway_keys() -> proto::GatewayKeys {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    let sealing = portcullis_shared::crypto::random_bytes::<32>().unwrap();
+    proto::GatewayKeys {
+        signing_keys: vec![proto::SigningKey {
+            kid: "sig-bench".to_owned(),
+            algorithm: "ES256".to_owned(),
+            private_key: secret(STANDARD.encode(pkcs8.as_ref())),
+            public_jwk: serde_json::json!({
+                "kty": "EC", "crv": "P-256", "kid": "sig-bench", "alg": "ES256",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            })
+            .to_string(),
+            created_at_unix: 0,
+            state: proto::GatewayKeyState::Active as i32,
+        }],
+        sealing_keys: vec![proto::SealingKey {
+            kid: "seal-bench".to_owned(),
+            key: secret(STANDARD.encode(sealing)),
+            created_at_unix: 0,
+            state: proto::GatewayKeyState::Active as i32,
+        }],
+    }
+}
+
+fn bench_server(
+    name: &str,
+    upstream: SocketAddr,
+    agent_auth: proto::agent_auth::Mode,
+) -> proto::McpServer {
+    proto::McpServer {
+        name: name.to_owned(),
+        upstream_url: format!("http://{upstream}/mcp"),
+        agent_auth: Some(proto::AgentAuth {
+            mode: Some(agent_auth),
+            restricted_inbound_headers: vec!["x-internal-*".to_owned()],
+        }),
+        app_auth: Some(proto::AppAuth {
+            kind: Some(proto::app_auth::Kind::Bearer(proto::BearerToken {
+                token: secret("bench-token".to_owned()),
+            })),
+        }),
+        ..proto::McpServer::default()
+    }
+}
+
+/// A node serving `bench` (no agent authentication) and `bench-sso` (Interactive SSO) in
+/// front of `upstream`; returns its address and an access token for `bench-sso`.
+async fn start_node(upstream: SocketAddr) -> (SocketAddr, String) {
     let snapshot = proto::Snapshot {
         version: 1,
         schema_version: SNAPSHOT_SCHEMA_VERSION,
-        servers: vec![proto::McpServer {
-            name: "bench".to_owned(),
-            upstream_url: format!("http://{upstream}/mcp"),
-            agent_auth: Some(proto::AgentAuth {
-                mode: Some(proto::agent_auth::Mode::Passthrough(
-                    proto::PassthroughAgent::default(),
-                )),
-                restricted_inbound_headers: vec!["x-internal-*".to_owned()],
-            }),
-            app_auth: Some(proto::AppAuth {
-                kind: Some(proto::app_auth::Kind::Bearer(proto::BearerToken {
-                    token: Some(proto::Secret {
-                        value: Some(proto::secret::Value::Plaintext("bench-token".to_owned())),
-                    }),
-                })),
-            }),
-            ..proto::McpServer::default()
+        servers: vec![
+            bench_server(
+                "bench",
+                upstream,
+                proto::agent_auth::Mode::Passthrough(proto::PassthroughAgent::default()),
+            ),
+            bench_server(
+                "bench-sso",
+                upstream,
+                proto::agent_auth::Mode::Interactive(proto::InteractiveSso {
+                    identity_provider: "corp".to_owned(),
+                    scopes: vec!["mcp:tools".to_owned()],
+                }),
+            ),
+        ],
+        identity_providers: vec![proto::IdentityProvider {
+            id: "corp".to_owned(),
+            issuer: "https://idp.example.com".to_owned(),
+            client_id: "gateway".to_owned(),
+            ..proto::IdentityProvider::default()
         }],
+        gateway_keys: Some(gateway_keys()),
         ..proto::Snapshot::default()
     };
     let jwks = JwksRegistry::new(JwksPolicy::default()).unwrap();
     let compiled = CompiledSnapshot::compile(Snapshot::try_from(snapshot).unwrap(), &jwks).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let public_url = format!("http://{address}").parse().unwrap();
+    let issuer = Issuer::new(&public_url);
+    let grant = Grant {
+        grant_id: "bench-grant".to_owned(),
+        client_id: "bench-client".to_owned(),
+        resource: issuer.resource("bench-sso"),
+        scopes: vec!["mcp:tools".to_owned()],
+        user: UserIdentity {
+            subject: "alice".to_owned(),
+            email: Some("alice@example.com".to_owned()),
+            groups: vec!["engineering".to_owned(), "admins".to_owned()],
+            identity_provider: "corp".to_owned(),
+            identity_provider_issuer: "https://idp.example.com".to_owned(),
+            auth_time: unix_now(),
+        },
+        expires_at_unix: unix_now() + 3_600,
+    };
+    let (token, _) = mint_access_token(
+        &compiled.gateway_keys,
+        issuer.as_str(),
+        &grant,
+        unix_now(),
+        3_600,
+    )
+    .unwrap();
     let state = Arc::new(NodeState::new(
         "bench-node",
-        &format!("http://{address}").parse().unwrap(),
+        &public_url,
         address,
         Arc::new(SnapshotSlot::new(Some(compiled))),
         ProxyLimits::default(),
         Arc::new(DiscardRecords),
     ));
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    address
+    (address, token)
 }
 
-async fn one_request(client: &HttpClient, url: &str) -> Duration {
-    let request = Request::post(url)
+/// Where a measured request goes, and the `Authorization` it carries.
+#[derive(Clone)]
+struct Target {
+    url: String,
+    authorization: Option<String>,
+}
+
+async fn one_request(client: &HttpClient, target: &Target) -> Duration {
+    let mut request = Request::post(&target.url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(authorization) = &target.authorization {
+        request = request.header("authorization", authorization);
+    }
+    let request = request
         .body(Full::new(Bytes::from_static(BODY.as_bytes())))
         .unwrap();
     let started = Instant::now();
@@ -117,8 +226,33 @@ async fn one_request(client: &HttpClient, url: &str) -> Duration {
 
 struct Measurement {
     latency: Histogram<u64>,
+    requests: usize,
+    elapsed: Duration,
     requests_per_second: f64,
 }
+
+impl Measurement {
+    fn empty() -> Self {
+        Self {
+            latency: Histogram::<u64>::new(3).unwrap(),
+            requests: 0,
+            elapsed: Duration::ZERO,
+            requests_per_second: 0.0,
+        }
+    }
+
+    /// Adds another round of the same target.
+    fn add(&mut self, round: Measurement) {
+        self.latency.add(round.latency).unwrap();
+        self.requests += round.requests;
+        self.elapsed += round.elapsed;
+        self.requests_per_second = self.requests as f64 / self.elapsed.as_secs_f64();
+    }
+}
+
+/// Rounds per measurement: the targets take turns, so drift on a shared machine (other
+/// work, frequency changes) hits all of them alike.
+const ROUNDS: usize = 5;
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros())
@@ -126,31 +260,39 @@ fn micros(duration: Duration) -> u64 {
         .max(1)
 }
 
-async fn sequential(client: &HttpClient, url: &str, count: usize) -> Measurement {
+async fn sequential(client: &HttpClient, target: &Target, count: usize) -> Measurement {
     let mut latency = Histogram::<u64>::new(3).unwrap();
     let started = Instant::now();
     for _ in 0..count {
         latency
-            .record(micros(one_request(client, url).await))
+            .record(micros(one_request(client, target).await))
             .unwrap();
     }
+    let elapsed = started.elapsed();
     Measurement {
         latency,
-        requests_per_second: count as f64 / started.elapsed().as_secs_f64(),
+        requests: count,
+        elapsed,
+        requests_per_second: count as f64 / elapsed.as_secs_f64(),
     }
 }
 
-async fn concurrent(client: &HttpClient, url: &str, callers: usize, each: usize) -> Measurement {
+async fn concurrent(
+    client: &HttpClient,
+    target: &Target,
+    callers: usize,
+    each: usize,
+) -> Measurement {
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
             let client = client.clone();
-            let url = url.to_owned();
+            let target = target.clone();
             tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new(3).unwrap();
                 for _ in 0..each {
                     latency
-                        .record(micros(one_request(&client, &url).await))
+                        .record(micros(one_request(&client, &target).await))
                         .unwrap();
                 }
                 latency
@@ -161,15 +303,18 @@ async fn concurrent(client: &HttpClient, url: &str, callers: usize, each: usize)
     for task in tasks {
         latency.add(task.await.unwrap()).unwrap();
     }
+    let elapsed = started.elapsed();
     Measurement {
         latency,
-        requests_per_second: (callers * each) as f64 / started.elapsed().as_secs_f64(),
+        requests: callers * each,
+        elapsed,
+        requests_per_second: (callers * each) as f64 / elapsed.as_secs_f64(),
     }
 }
 
-fn report(label: &str, direct: &Measurement, gateway: &Measurement) {
+fn report(label: &str, direct: &Measurement, gateway: &Measurement, sso: &Measurement) {
     println!("{label}");
-    for (name, measurement) in [("direct", direct), ("gateway", gateway)] {
+    for (name, measurement) in [("direct", direct), ("gateway", gateway), ("sso", sso)] {
         let latency = &measurement.latency;
         println!(
             "  {name:<8} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  max {:>7} us  {:>8.0} req/s",
@@ -180,15 +325,22 @@ fn report(label: &str, direct: &Measurement, gateway: &Measurement) {
             measurement.requests_per_second,
         );
     }
-    let ratio = |quantile: f64| {
-        gateway.latency.value_at_quantile(quantile) as f64
-            / direct.latency.value_at_quantile(quantile) as f64
+    let ratio = |slower: &Measurement, faster: &Measurement, quantile: f64| {
+        slower.latency.value_at_quantile(quantile) as f64
+            / faster.latency.value_at_quantile(quantile) as f64
     };
     println!(
         "  gateway/direct: p50 x{:.2}  p99 x{:.2}  throughput x{:.2}",
-        ratio(0.50),
-        ratio(0.99),
+        ratio(gateway, direct, 0.50),
+        ratio(gateway, direct, 0.99),
         gateway.requests_per_second / direct.requests_per_second,
+    );
+    println!(
+        "  sso/gateway:    p50 x{:.2}  p99 x{:.2}  throughput x{:.3} ({:+.1} %)",
+        ratio(sso, gateway, 0.50),
+        ratio(sso, gateway, 0.99),
+        sso.requests_per_second / gateway.requests_per_second,
+        (sso.requests_per_second / gateway.requests_per_second - 1.0) * 100.0,
     );
 }
 
@@ -212,28 +364,58 @@ fn main() {
     runtime.block_on(async {
         tokio::time::timeout(TIME_LIMIT, async {
             let upstream = start_upstream().await;
-            let node = start_node(upstream).await;
+            let (node, token) = start_node(upstream).await;
             let client: HttpClient =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-            let direct_url = format!("http://{upstream}/mcp");
-            let gateway_url = format!("http://{node}/mcp/bench");
-            sequential(&client, &direct_url, WARMUP_REQUESTS).await;
-            sequential(&client, &gateway_url, WARMUP_REQUESTS).await;
+            let direct = Target {
+                url: format!("http://{upstream}/mcp"),
+                authorization: None,
+            };
+            let gateway = Target {
+                url: format!("http://{node}/mcp/bench"),
+                authorization: None,
+            };
+            let sso = Target {
+                url: format!("http://{node}/mcp/bench-sso"),
+                authorization: Some(format!("Bearer {token}")),
+            };
+            for target in [&direct, &gateway, &sso] {
+                sequential(&client, target, WARMUP_REQUESTS).await;
+            }
 
-            let direct = sequential(&client, &direct_url, sequential_requests).await;
-            let gateway = sequential(&client, &gateway_url, sequential_requests).await;
+            let targets = [&direct, &gateway, &sso];
+            let mut runs = [
+                Measurement::empty(),
+                Measurement::empty(),
+                Measurement::empty(),
+            ];
+            for _ in 0..ROUNDS {
+                for (target, run) in targets.iter().zip(runs.iter_mut()) {
+                    run.add(sequential(&client, target, sequential_requests / ROUNDS).await);
+                }
+            }
             report(
-                &format!("sequential, {sequential_requests} requests"),
-                &direct,
-                &gateway,
+                &format!("sequential, {sequential_requests} requests ({ROUNDS} rounds)"),
+                &runs[0],
+                &runs[1],
+                &runs[2],
             );
 
-            let direct = concurrent(&client, &direct_url, callers, per_caller).await;
-            let gateway = concurrent(&client, &gateway_url, callers, per_caller).await;
+            let mut runs = [
+                Measurement::empty(),
+                Measurement::empty(),
+                Measurement::empty(),
+            ];
+            for _ in 0..ROUNDS {
+                for (target, run) in targets.iter().zip(runs.iter_mut()) {
+                    run.add(concurrent(&client, target, callers, per_caller / ROUNDS).await);
+                }
+            }
             report(
-                &format!("{callers} concurrent callers x {per_caller} requests"),
-                &direct,
-                &gateway,
+                &format!("{callers} concurrent callers x {per_caller} requests ({ROUNDS} rounds)"),
+                &runs[0],
+                &runs[1],
+                &runs[2],
             );
         })
         .await
