@@ -37,7 +37,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn flushed_per_write(count: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), master_key(), EngineOptions::default()).unwrap();
+    let engine = Engine::open(dir.path(), master_key(), None, EngineOptions::default()).unwrap();
     let mut latencies = Vec::with_capacity(count);
     let started = Instant::now();
     for id in 0..count {
@@ -59,7 +59,7 @@ async fn flushed_per_write(count: usize) {
 async fn batched(writers: usize, per_writer: usize) {
     let dir = tempfile::tempdir().unwrap();
     let engine =
-        Arc::new(Engine::open(dir.path(), master_key(), EngineOptions::default()).unwrap());
+        Arc::new(Engine::open(dir.path(), master_key(), None, EngineOptions::default()).unwrap());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for writer in 0..writers {
@@ -90,7 +90,8 @@ fn replay(count: u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = EventStore::open(dir.path()).unwrap();
     let secrets =
-        portcullis_control_plane::secrets::SecretStore::load(store.db(), master_key()).unwrap();
+        portcullis_control_plane::secrets::SecretStore::load(store.db(), master_key(), None)
+            .unwrap();
     let (sealed, wrapped) = secrets.seal(&SecretValue::new("shared-value")).unwrap();
     let write_started = Instant::now();
     let mut written_bytes = 0usize;

@@ -107,10 +107,15 @@ impl Engine {
     pub fn open(
         data_dir: &Path,
         master_key: MasterKey,
+        previous_master_key: Option<MasterKey>,
         options: EngineOptions,
     ) -> Result<Self, EngineError> {
         let store = Arc::new(EventStore::open(data_dir)?);
-        let secrets = Arc::new(SecretStore::load(store.db(), master_key)?);
+        let secrets = Arc::new(SecretStore::load(
+            store.db(),
+            master_key,
+            previous_master_key,
+        )?);
         let started = std::time::Instant::now();
         let state = Arc::new(store.load_state(None)?);
         tracing::info!(

@@ -76,6 +76,10 @@ pub enum SecretError {
         "the master key does not match this data directory (it was created with key {expected}, this key is {actual})"
     )]
     WrongMasterKey { expected: String, actual: String },
+    #[error(
+        "some secrets are wrapped under master key {0}: start with it as the previous master key (--previous-master-key-file or PORTCULLIS_PREVIOUS_MASTER_KEY) to finish the rotation"
+    )]
+    MissingPreviousKey(String),
     #[error("the data key of secret {0} was destroyed")]
     Shredded(Uuid),
     #[error("secret {0} cannot be decrypted: {1}")]
@@ -144,24 +148,42 @@ impl SecretStore {
     /// Opens the store in `db`, creating the fingerprint key on first use. A master key that
     /// differs from the one the directory was created with is refused with a clear error,
     /// before anything is written.
-    pub fn load(db: &sled::Db, master: MasterKey) -> Result<Self, SecretError> {
+    ///
+    /// Rotation: start with the new key as `master` and the old one as `previous`. Every
+    /// data key (and the fingerprint key) wrapped under the old key is re-wrapped under the
+    /// new one, in batches; the directory's key id moves last, so an interrupted rotation
+    /// simply runs again on the next start with both keys. Afterwards the old key can be
+    /// retired.
+    pub fn load(
+        db: &sled::Db,
+        master: MasterKey,
+        previous: Option<MasterKey>,
+    ) -> Result<Self, SecretError> {
         let meta = db.open_tree("secret_meta")?;
         let data_keys = db.open_tree("data_keys")?;
         let fingerprints = match (meta.get(MASTER_KEY_ID)?, meta.get(FINGERPRINT_KEY)?) {
             (Some(stored_id), Some(wrapped)) => {
                 let stored_id = String::from_utf8_lossy(&stored_id).into_owned();
-                if stored_id != master.id {
-                    return Err(SecretError::WrongMasterKey {
-                        expected: stored_id,
-                        actual: master.id.clone(),
-                    });
-                }
-                let bytes = master.key.open(FINGERPRINT_KEY, &wrapped).map_err(|_| {
-                    SecretError::WrongMasterKey {
-                        expected: stored_id,
-                        actual: master.id.clone(),
+                let unwrapping = if stored_id == master.id {
+                    &master
+                } else {
+                    match &previous {
+                        Some(previous) if previous.id == stored_id => previous,
+                        _ => {
+                            return Err(SecretError::WrongMasterKey {
+                                expected: stored_id,
+                                actual: master.id.clone(),
+                            });
+                        }
                     }
-                })?;
+                };
+                let bytes = unwrapping
+                    .key
+                    .open(FINGERPRINT_KEY, &wrapped)
+                    .map_err(|_| SecretError::WrongMasterKey {
+                        expected: stored_id.clone(),
+                        actual: unwrapping.id.clone(),
+                    })?;
                 AeadKey::from_bytes(&bytes)?
             }
             (None, None) => {
@@ -180,11 +202,94 @@ impl SecretStore {
                 ));
             }
         };
-        Ok(Self {
+        let store = Self {
             master,
             fingerprints,
             data_keys,
-        })
+        };
+        store.rewrap(&meta, previous.as_ref())?;
+        Ok(store)
+    }
+
+    /// Re-wraps every data key not under the current master key. Without the key it is
+    /// under, nothing is changed and the start is refused with a clear error.
+    fn rewrap(&self, meta: &sled::Tree, previous: Option<&MasterKey>) -> Result<(), SecretError> {
+        let mut moved = 0usize;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        for entry in self.data_keys.iter() {
+            let (id, bytes) = entry?;
+            let wrapped: WrappedDataKey = serde_json::from_slice(&bytes)
+                .map_err(|error| SecretError::Metadata(error.to_string()))?;
+            if wrapped.master_key_id == self.master.id {
+                continue;
+            }
+            let previous = previous
+                .filter(|previous| previous.id == wrapped.master_key_id)
+                .ok_or_else(|| SecretError::MissingPreviousKey(wrapped.master_key_id.clone()))?;
+            let data_key = previous.key.open(&id, &wrapped.sealed).map_err(|error| {
+                SecretError::Metadata(format!("a data key does not open: {error}"))
+            })?;
+            let rewrapped = WrappedDataKey {
+                master_key_id: self.master.id.clone(),
+                sealed: self.master.key.seal(&id, &data_key)?,
+            };
+            batch.insert(id, Self::encode_wrapped(&rewrapped));
+            pending += 1;
+            moved += 1;
+            if pending == 1000 {
+                self.data_keys.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            self.data_keys.apply_batch(batch)?;
+        }
+        let stored_id = meta
+            .get(MASTER_KEY_ID)?
+            .map(|id| String::from_utf8_lossy(&id).into_owned());
+        if stored_id.as_deref() != Some(self.master.id.as_str()) {
+            // Data keys first, then the fingerprint key and the directory's key id: the id
+            // moves only once everything opens with the new key.
+            self.data_keys.flush()?;
+            let fingerprint_bytes = self.fingerprint_key_bytes(meta, previous)?;
+            meta.insert(
+                FINGERPRINT_KEY,
+                self.master.key.seal(FINGERPRINT_KEY, &fingerprint_bytes)?,
+            )?;
+            meta.insert(MASTER_KEY_ID, self.master.id.as_bytes())?;
+            meta.flush()?;
+            tracing::info!(
+                data_keys = moved,
+                master_key = %self.master.id,
+                "master key rotated: every secret is now wrapped under the new key"
+            );
+        } else if moved > 0 {
+            self.data_keys.flush()?;
+            tracing::info!(
+                data_keys = moved,
+                "finished an interrupted master key rotation"
+            );
+        }
+        Ok(())
+    }
+
+    fn fingerprint_key_bytes(
+        &self,
+        meta: &sled::Tree,
+        previous: Option<&MasterKey>,
+    ) -> Result<Vec<u8>, SecretError> {
+        let wrapped = meta
+            .get(FINGERPRINT_KEY)?
+            .ok_or_else(|| SecretError::Metadata("no fingerprint key".to_owned()))?;
+        for key in std::iter::once(&self.master).chain(previous) {
+            if let Ok(bytes) = key.key.open(FINGERPRINT_KEY, &wrapped) {
+                return Ok(bytes);
+            }
+        }
+        Err(SecretError::Metadata(
+            "the fingerprint key opens with neither master key".to_owned(),
+        ))
     }
 
     pub fn data_keys_tree(&self) -> &sled::Tree {
@@ -230,6 +335,9 @@ impl SecretStore {
                     .map_err(|error| SecretError::Metadata(error.to_string()))?
             }
         };
+        if wrapped.master_key_id != self.master.id {
+            return Err(SecretError::MissingPreviousKey(wrapped.master_key_id));
+        }
         let data_key_bytes = self
             .master
             .key
@@ -281,7 +389,8 @@ mod tests {
     fn seal_open_and_shred() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let store = SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap()).unwrap();
+        let store =
+            SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap(), None).unwrap();
         let value = SecretValue::new("dd-api-key-123");
         let (sealed, wrapped) = store.seal(&value).unwrap();
         assert!(!String::from_utf8_lossy(&sealed.ciphertext).contains("dd-api-key-123"));
@@ -308,14 +417,62 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap()).unwrap();
+            SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap(), None).unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
-        let error = SecretStore::load(&db, MasterKey::from_text(&key_text(2)).unwrap())
+        let error = SecretStore::load(&db, MasterKey::from_text(&key_text(2)).unwrap(), None)
             .err()
             .unwrap();
         assert!(matches!(error, SecretError::WrongMasterKey { .. }));
         assert!(error.to_string().contains("does not match"));
+    }
+
+    #[test]
+    fn rotation_rewraps_every_data_key_and_retires_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = SecretValue::new("rotate-me");
+        let (sealed, fingerprint) = {
+            let db = sled::open(dir.path()).unwrap();
+            let store =
+                SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap(), None).unwrap();
+            let (sealed, wrapped) = store.seal(&value).unwrap();
+            store
+                .data_keys_tree()
+                .insert(sealed.id.as_bytes(), SecretStore::encode_wrapped(&wrapped))
+                .unwrap();
+            (sealed, store.fingerprint(&value))
+        };
+        // The new key alone cannot open a directory made with the old one.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let error = SecretStore::load(&db, MasterKey::from_text(&key_text(2)).unwrap(), None)
+                .err()
+                .unwrap();
+            assert!(matches!(error, SecretError::WrongMasterKey { .. }));
+        }
+        // New key with the old one as previous: everything is re-wrapped.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let store = SecretStore::load(
+                &db,
+                MasterKey::from_text(&key_text(2)).unwrap(),
+                Some(MasterKey::from_text(&key_text(1)).unwrap()),
+            )
+            .unwrap();
+            assert_eq!(store.reveal(&sealed).unwrap(), value);
+            assert_eq!(store.fingerprint(&value), fingerprint);
+        }
+        // The old key is retired: the new one alone opens everything.
+        let db = sled::open(dir.path()).unwrap();
+        let store =
+            SecretStore::load(&db, MasterKey::from_text(&key_text(2)).unwrap(), None).unwrap();
+        assert_eq!(store.reveal(&sealed).unwrap(), value);
+        assert_eq!(store.fingerprint(&value), fingerprint);
+        drop(store);
+        let error = SecretStore::load(&db, MasterKey::from_text(&key_text(1)).unwrap(), None)
+            .err()
+            .unwrap();
+        assert!(matches!(error, SecretError::WrongMasterKey { .. }));
     }
 
     #[test]
@@ -324,12 +481,13 @@ mod tests {
         let value = SecretValue::new("pw");
         let first = {
             let db = sled::open(dir.path()).unwrap();
-            SecretStore::load(&db, MasterKey::from_text(&key_text(3)).unwrap())
+            SecretStore::load(&db, MasterKey::from_text(&key_text(3)).unwrap(), None)
                 .unwrap()
                 .fingerprint(&value)
         };
         let db = sled::open(dir.path()).unwrap();
-        let store = SecretStore::load(&db, MasterKey::from_text(&key_text(3)).unwrap()).unwrap();
+        let store =
+            SecretStore::load(&db, MasterKey::from_text(&key_text(3)).unwrap(), None).unwrap();
         assert_eq!(store.fingerprint(&value), first);
     }
 

@@ -51,7 +51,9 @@ impl StartError {
     pub fn is_configuration_error(&self) -> bool {
         match self {
             StartError::MasterKey(_) | StartError::Access(_) => true,
-            StartError::Engine(EngineError::Secret(SecretError::WrongMasterKey { .. })) => true,
+            StartError::Engine(EngineError::Secret(
+                SecretError::WrongMasterKey { .. } | SecretError::MissingPreviousKey(_),
+            )) => true,
             StartError::Engine(_)
             | StartError::Serve(_)
             | StartError::Reflection(_)
@@ -75,6 +77,7 @@ impl ControlPlane {
     pub async fn open(
         config: &ControlPlaneConfig,
         master_key: MasterKey,
+        previous_master_key: Option<MasterKey>,
     ) -> Result<Self, StartError> {
         let access = Arc::new(AccessList::load(&config.access_file)?);
         std::fs::create_dir_all(&config.data_dir)
@@ -82,6 +85,7 @@ impl ControlPlane {
         let engine = Arc::new(Engine::open(
             &config.data_dir,
             master_key,
+            previous_master_key,
             config.engine.clone(),
         )?);
         let once = Arc::new(OnceStore::open(engine.store().db()).map_err(|error| {

@@ -38,6 +38,11 @@ struct ServeArgs {
     /// PORTCULLIS_MASTER_KEY to the key itself.
     #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// During a master key rotation: the key being replaced (or set
+    /// PORTCULLIS_PREVIOUS_MASTER_KEY). Every secret is re-wrapped under the new key at
+    /// start; afterwards this flag can be dropped and the old key destroyed.
+    #[arg(long, env = "PORTCULLIS_PREVIOUS_MASTER_KEY_FILE")]
+    previous_master_key_file: Option<PathBuf>,
     /// YAML file listing admin, auditor and node tokens (as SHA-256 hashes).
     #[arg(long, env = "PORTCULLIS_ACCESS_FILE", default_value = "access.yaml")]
     access_file: PathBuf,
@@ -123,6 +128,22 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let previous_env = std::env::var("PORTCULLIS_PREVIOUS_MASTER_KEY").ok();
+    let previous_master_key = match (
+        args.previous_master_key_file.as_deref(),
+        previous_env
+            .as_deref()
+            .filter(|value| !value.trim().is_empty()),
+    ) {
+        (None, None) => None,
+        (file, env) => match MasterKey::load(file, env) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                eprintln!("error: previous master key: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
     let config = ControlPlaneConfig {
         data_dir: args.data_dir,
         access_file: args.access_file,
@@ -142,7 +163,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let control_plane = match ControlPlane::open(&config, master_key).await {
+        let control_plane = match ControlPlane::open(&config, master_key, previous_master_key).await
+        {
             Ok(control_plane) => control_plane,
             Err(error) => {
                 eprintln!("error: {error}");

@@ -44,7 +44,7 @@ pub fn write_access_file(dir: &Path) -> PathBuf {
 }
 
 pub fn open_engine(dir: &Path, options: EngineOptions) -> Engine {
-    Engine::open(&dir.join("data"), master_key(), options).unwrap()
+    Engine::open(&dir.join("data"), master_key(), None, options).unwrap()
 }
 
 /// A control plane served in this process on a loopback port chosen by the OS.
@@ -62,7 +62,9 @@ impl InProcess {
             access_file: write_access_file(dir.path()),
             engine: EngineOptions::default(),
         };
-        let control_plane = ControlPlane::open(&config, master_key()).await.unwrap();
+        let control_plane = ControlPlane::open(&config, master_key(), None)
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();

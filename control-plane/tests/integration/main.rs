@@ -7,5 +7,6 @@ mod common;
 mod crash;
 mod event_store;
 mod gateway;
+mod rotation;
 mod secrets_at_rest;
 mod vault;
