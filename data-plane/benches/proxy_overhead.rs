@@ -173,6 +173,7 @@ async fn start_node(upstream: SocketAddr) -> (SocketAddr, String) {
             identity_provider_issuer: "https://idp.example.com".to_owned(),
             auth_time: unix_now(),
         },
+        issued_at_unix: unix_now(),
         expires_at_unix: unix_now() + 3_600,
     };
     let (token, _) = mint_access_token(

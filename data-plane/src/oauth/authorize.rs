@@ -839,6 +839,7 @@ async fn finish(
         resource: pending.resource.clone(),
         scopes: pending.scopes.clone(),
         user,
+        issued_at_unix: now,
         expires_at_unix: now + GRANT_LIFETIME_SECS,
     };
     let code = AuthorizationCode::new(

@@ -46,6 +46,11 @@ pub struct Grant {
     pub resource: String,
     pub scopes: Vec<String>,
     pub user: UserIdentity,
+    /// When the gateway granted it (the login at the gateway; the identity provider's
+    /// `auth_time` may be older, from its own session). Signing a user out refuses the
+    /// grants issued up to then. A value without it counts as issued at 0 (refused).
+    #[serde(default)]
+    pub issued_at_unix: i64,
     /// When the grant ends.
     pub expires_at_unix: i64,
 }
@@ -179,6 +184,7 @@ pub(crate) mod tests {
             resource: resource.to_owned(),
             scopes: vec!["mcp:tools".to_owned()],
             user: user(subject),
+            issued_at_unix: 1_800_000_000,
             expires_at_unix,
         }
     }

@@ -110,7 +110,9 @@ fn check_grant_alive(
         .ok()
         .zip(UserId::parse(&grant.user.subject).ok())
         .and_then(|user| snapshot.source.revoked_users.get(&user));
-    if revoked_at.is_some_and(|revoked_at| grant.user.auth_time <= *revoked_at) {
+    // The gateway login, not the identity provider's auth_time: a user signed out here
+    // signs in again through the provider's session without re-authenticating there.
+    if revoked_at.is_some_and(|revoked_at| grant.issued_at_unix <= *revoked_at) {
         return Err(OAuthError::invalid_grant(
             "the user was signed out; sign in again",
         ));

@@ -137,6 +137,7 @@ pub fn grant(subject: &str, server: &str, client_id: &str) -> Grant {
         resource: resource(server),
         scopes: vec![SCOPE.to_owned()],
         user: user(subject),
+        issued_at_unix: unix_now(),
         expires_at_unix: unix_now() + 86_400,
     }
 }

@@ -975,6 +975,37 @@ mod token_endpoint {
     }
 
     #[tokio::test]
+    async fn signing_a_user_out_ends_the_grants_issued_until_then_only() {
+        let fixture = Fixture::start().await;
+        let client_id = fixture.public_client().await;
+        let now = unix_now();
+        // Both logins rode on an identity-provider session from long ago.
+        let mut before = grant("alice", "crm", &client_id);
+        before.user.auth_time = now - 10_000;
+        before.issued_at_unix = now - 100;
+        let mut after = before.clone();
+        after.grant_id = random_id();
+        after.issued_at_unix = now;
+        let mut snapshot = proto::Snapshot::from(&fixture.snapshot().source);
+        snapshot.version = 2;
+        snapshot.revoked_users = vec![proto::RevokedUser {
+            identity_provider: IDP_ID.to_owned(),
+            subject: "alice".to_owned(),
+            revoked_at_unix: now - 50,
+        }];
+        fixture.apply(snapshot);
+        let (code, verifier, _) = fixture.code(before);
+        let (status, body) = fixture.redeem(&client_id, &code, &verifier).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+        let (code, verifier, _) = fixture.code(after);
+        let (status, body) = fixture.redeem(&client_id, &code, &verifier).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    #[tokio::test]
     async fn revoking_a_refresh_token_revokes_its_grant() {
         let fixture = Fixture::start().await;
         let client_id = fixture.public_client().await;
