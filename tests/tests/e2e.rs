@@ -7,6 +7,7 @@
 //! as child processes (`portcullis_tests::gateway`), configured through the admin API.
 
 mod conformance_baselines;
+mod deploy;
 mod gateway_app_auth;
 mod gateway_clients;
 mod gateway_conformance;
