@@ -700,3 +700,91 @@ async fn the_conformance_suite_passes_the_gateways_authorization_server() {
         "{stdout}"
     );
 }
+
+/// The kid in a JWT's header.
+fn key_id(token: &str) -> String {
+    let (header, _) = jwt::decode_unverified(token).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every node serves the snapshot of an admin write.
+async fn applied(sso: &mut Sso, reply: tonic::Response<proto::WriteReply>) {
+    let revision = reply.into_inner().revision;
+    sso.gateway.wait_for_nodes(revision).await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_and_sealed_values_survive_a_key_rotation_until_the_old_keys_are_retired() {
+    let mut sso = Sso::start(2).await;
+    let before = sso
+        .gateway
+        .admin
+        .list_gateway_keys(proto::ListGatewayKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let old_signing = before.signing_keys[0].kid.clone();
+    let old_sealing = before.sealing_keys[0].kid.clone();
+    let client = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    let alice = HeadlessBrowser::new().unwrap().user("alice");
+    let first = client.sign_in(&alice, &sso.mcp_url()).await;
+    assert_eq!(key_id(text(&first, "access_token")), old_signing);
+
+    let reply = sso
+        .gateway
+        .admin
+        .rotate_gateway_keys(proto::RotateGatewayKeysRequest {
+            signing: true,
+            sealing: true,
+        })
+        .await
+        .unwrap();
+    applied(&mut sso, reply).await;
+    // Issued before the rotation: the access token, the refresh token and the client
+    // registration all still work, on every node; what is issued now uses the new keys.
+    for node in &sso.gateway.nodes {
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&first, "access_token")).await,
+            (200, None)
+        );
+    }
+    let (status, rotated) = client.refresh(text(&first, "refresh_token")).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_signing = key_id(text(&rotated, "access_token"));
+    assert_ne!(new_signing, old_signing);
+
+    // The old signing key retired: its tokens are refused everywhere, the new ones pass.
+    let reply = sso
+        .gateway
+        .admin
+        .retire_gateway_key(proto::RetireGatewayKeyRequest {
+            kid: old_signing.clone(),
+        })
+        .await
+        .unwrap();
+    applied(&mut sso, reply).await;
+    for node in &sso.gateway.nodes {
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&first, "access_token")).await,
+            (401, Some("unknown_key_id".to_owned()))
+        );
+        assert_eq!(
+            node_verdict(&node.mcp_url("echo"), text(&rotated, "access_token")).await,
+            (200, None)
+        );
+    }
+    // The old sealing key retired: the client registered under it must register again.
+    let reply = sso
+        .gateway
+        .admin
+        .retire_gateway_key(proto::RetireGatewayKeyRequest { kid: old_sealing })
+        .await
+        .unwrap();
+    applied(&mut sso, reply).await;
+    let (status, refused) = client.refresh(text(&rotated, "refresh_token")).await;
+    assert_eq!(status, 401, "{refused}");
+    assert_eq!(refused["error"], "invalid_client");
+    let again = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    let fresh = again.sign_in(&alice, &sso.mcp_url()).await;
+    assert_eq!(key_id(text(&fresh, "access_token")), new_signing);
+}
