@@ -788,3 +788,60 @@ async fn tokens_and_sealed_values_survive_a_key_rotation_until_the_old_keys_are_
     let fresh = again.sign_in(&alice, &sso.mcp_url()).await;
     assert_eq!(key_id(text(&fresh, "access_token")), new_signing);
 }
+
+#[tokio::test]
+async fn a_second_sign_in_in_the_same_browser_asks_neither_consent_nor_login() {
+    let sso = Sso::start(2).await;
+    let client = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    let browser = HeadlessBrowser::new().unwrap().user("bob");
+    let first = client.sign_in(&browser, &sso.mcp_url()).await;
+    let second = client.sign_in(&browser, &sso.mcp_url()).await;
+    assert_ne!(
+        text(&first, "refresh_token"),
+        text(&second, "refresh_token")
+    );
+    let first_claims = jwt::claims_unverified(text(&first, "access_token")).unwrap();
+    let second_claims = jwt::claims_unverified(text(&second, "access_token")).unwrap();
+    assert_eq!(second_claims["sub"], "bob");
+    assert_ne!(
+        first_claims["sid"], second_claims["sid"],
+        "each sign-in is a grant"
+    );
+
+    // Two authorization requests, one consent form: the approval was remembered.
+    assert_eq!(
+        sso.balancer
+            .nodes_that_served("GET", "/oauth/authorize")
+            .len(),
+        2
+    );
+    assert_eq!(
+        sso.balancer
+            .nodes_that_served("POST", "/oauth/authorize")
+            .len(),
+        1
+    );
+    // One login at the identity provider: its session carried the second sign-in.
+    let interactions = sso.idp.interactions().await.unwrap();
+    assert_eq!(
+        interactions.logins_by_user.get("bob"),
+        Some(&1),
+        "{interactions:?}"
+    );
+
+    // Another client in the same browser is a new client: consent again, still no login.
+    let other = TestClient::register(&sso.public_url(), TEST_CLIENT_REDIRECT_URI).await;
+    other.sign_in(&browser, &sso.mcp_url()).await;
+    assert_eq!(
+        sso.balancer
+            .nodes_that_served("POST", "/oauth/authorize")
+            .len(),
+        2
+    );
+    let interactions = sso.idp.interactions().await.unwrap();
+    assert_eq!(
+        interactions.logins_by_user.get("bob"),
+        Some(&1),
+        "{interactions:?}"
+    );
+}
