@@ -214,8 +214,9 @@ pub struct IdentityProvider<S> {
     pub user_id_claim: ClaimName,
     pub email_claim: ClaimName,
     pub groups_claim: ClaimName,
-    /// Some providers (Entra ID v1) reject the RFC 8707 `resource` parameter.
-    pub omit_resource_parameter: bool,
+    /// The RFC 8707 resource requested from this IdP at login, so the user's IdP token is
+    /// issued for an upstream API. `None` for IdPs that refuse the parameter (Entra ID v1).
+    pub token_resource: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,7 +424,7 @@ impl<S> WithSecrets<S> for IdentityProvider<S> {
             user_id_claim: self.user_id_claim,
             email_claim: self.email_claim,
             groups_claim: self.groups_claim,
-            omit_resource_parameter: self.omit_resource_parameter,
+            token_resource: self.token_resource,
         })
     }
 }

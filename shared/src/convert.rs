@@ -784,6 +784,17 @@ impl TryFrom<proto::IdentityProvider> for IdentityProvider<SecretInput> {
         let groups_claim =
             claim_or_default(&mut errors, "groups_claim", &idp.groups_claim, "groups");
         let display_name = text(&mut errors, "display_name", idp.display_name);
+        let token_resource = if idp.token_resource.is_empty() {
+            None
+        } else {
+            url_field(
+                &mut errors,
+                "token_resource",
+                &idp.token_resource,
+                UrlPolicy::Upstream,
+            )
+            .map(|url| url.to_string())
+        };
         match (id, issuer) {
             (Some(id), Some(issuer)) if errors.is_empty() => Ok(IdentityProvider {
                 id,
@@ -795,7 +806,7 @@ impl TryFrom<proto::IdentityProvider> for IdentityProvider<SecretInput> {
                 user_id_claim,
                 email_claim,
                 groups_claim,
-                omit_resource_parameter: idp.omit_resource_parameter,
+                token_resource,
             }),
             _ => Err(errors),
         }
@@ -1114,7 +1125,7 @@ impl From<IdentityProvider<proto::Secret>> for proto::IdentityProvider {
             user_id_claim: idp.user_id_claim.into(),
             email_claim: idp.email_claim.into(),
             groups_claim: idp.groups_claim.into(),
-            omit_resource_parameter: idp.omit_resource_parameter,
+            token_resource: idp.token_resource.unwrap_or_default(),
             display_name: idp.display_name,
         }
     }

@@ -565,7 +565,7 @@ pub struct HeaderAddArgs {
 #[derive(Debug, Subcommand)]
 pub enum IdpCommand {
     /// Create or replace an identity provider
-    Put(IdpPutArgs),
+    Put(Box<IdpPutArgs>),
     /// Show one identity provider
     Get {
         id: String,
@@ -604,9 +604,11 @@ pub struct IdpPutArgs {
     /// Claim with the groups (default: groups)
     #[arg(long, value_name = "CLAIM")]
     pub groups_claim: Option<String>,
-    /// Do not send the RFC 8707 resource parameter (some providers reject it)
-    #[arg(long)]
-    pub omit_resource_parameter: bool,
+    /// RFC 8707 resource to request at login, so the user's IdP token is issued for an
+    /// upstream API (for forward-caller-token and on-behalf-of); omit for IdPs that refuse
+    /// the parameter (Entra ID v1) and request the upstream's scopes instead
+    #[arg(long, value_name = "URL")]
+    pub token_resource: Option<String>,
     #[arg(long)]
     pub display_name: Option<String>,
     #[command(flatten)]

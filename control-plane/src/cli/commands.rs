@@ -870,7 +870,7 @@ pub fn identity_provider_definition(args: IdpPutArgs) -> document::IdentityProvi
         user_id_claim: args.user_id_claim,
         email_claim: args.email_claim,
         groups_claim: args.groups_claim,
-        omit_resource_parameter: args.omit_resource_parameter,
+        token_resource: args.token_resource,
     }
 }
 
@@ -878,7 +878,7 @@ async fn idp(session: &mut Session<'_>, command: IdpCommand) -> Result<(), CliEr
     match command {
         IdpCommand::Put(args) => {
             let write = args.write;
-            let idp = identity_provider_definition(args);
+            let idp = identity_provider_definition(*args);
             let id = idp.id.clone();
             let idp = idp.to_proto(&session.secrets, "identity_provider")?;
             let reply = session

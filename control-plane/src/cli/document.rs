@@ -600,8 +600,9 @@ pub struct IdentityProvider {
     pub email_claim: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups_claim: Option<String>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub omit_resource_parameter: bool,
+    /// The RFC 8707 resource requested at login for the user's IdP token (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_resource: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -640,10 +641,6 @@ pub struct Credential {
 
 // ---------------------------------------------------------------------------------------
 // Serde helpers.
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
 
 /// A oneof arm whose settings may all be absent: `passthrough: {}` and a bare
 /// `passthrough:` (null) both select it. Only called when the key is present; an absent
@@ -1075,7 +1072,7 @@ impl IdentityProvider {
             user_id_claim: self.user_id_claim.clone().unwrap_or_default(),
             email_claim: self.email_claim.clone().unwrap_or_default(),
             groups_claim: self.groups_claim.clone().unwrap_or_default(),
-            omit_resource_parameter: self.omit_resource_parameter,
+            token_resource: self.token_resource.clone().unwrap_or_default(),
             display_name: self.display_name.clone(),
         })
     }
@@ -1401,7 +1398,7 @@ impl IdentityProvider {
             user_id_claim: optional(idp.user_id_claim),
             email_claim: optional(idp.email_claim),
             groups_claim: optional(idp.groups_claim),
-            omit_resource_parameter: idp.omit_resource_parameter,
+            token_resource: optional(idp.token_resource),
         }
     }
 }
@@ -1504,7 +1501,7 @@ identity_providers:
     client_id: portcullis
     client_secret: { env: OKTA_SECRET }
     scopes: [openid, email, profile, groups]
-    omit_resource_parameter: true
+    token_resource: https://api.example.com
 oauth_apps:
   - app_id: google
     authorize_url: https://accounts.google.com/o/oauth2/v2/auth

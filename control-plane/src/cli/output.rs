@@ -464,10 +464,7 @@ pub fn identity_provider(idp: &proto::IdentityProvider) -> String {
     block.line("user id claim", or_dash(&idp.user_id_claim));
     block.line("email claim", or_dash(&idp.email_claim));
     block.line("groups claim", or_dash(&idp.groups_claim));
-    block.line(
-        "omit resource parameter",
-        yes_no(idp.omit_resource_parameter),
-    );
+    block.line("token resource", or_dash(&idp.token_resource));
     out.push_str(&block.render(2));
     out
 }

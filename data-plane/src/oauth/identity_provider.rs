@@ -503,7 +503,7 @@ pub(crate) mod tests {
             user_id_claim: ClaimName::parse("sub").unwrap(),
             email_claim: ClaimName::parse("email").unwrap(),
             groups_claim: ClaimName::parse("groups").unwrap(),
-            omit_resource_parameter: false,
+            token_resource: None,
         }
     }
 
