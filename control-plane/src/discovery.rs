@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::access::AccessList;
 use crate::compile::CompiledSnapshot;
 use crate::fleet::Fleet;
+use crate::runtime::NodeAuth;
 
 /// How long a node has to say hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,19 +24,19 @@ const PUSH_QUEUE: usize = 4;
 
 pub struct DiscoveryApi {
     snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
-    access: Arc<AccessList>,
+    nodes: Arc<NodeAuth>,
     fleet: Arc<Fleet>,
 }
 
 impl DiscoveryApi {
     pub fn new(
         snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
-        access: Arc<AccessList>,
+        nodes: Arc<NodeAuth>,
         fleet: Arc<Fleet>,
     ) -> Self {
         Self {
             snapshots,
-            access,
+            nodes,
             fleet,
         }
     }
@@ -55,6 +55,7 @@ fn update(snapshot: &CompiledSnapshot) -> proto::SnapshotUpdate {
 /// Serves one node's stream until either side closes it.
 async fn serve_node(
     mut inbound: Streaming<proto::NodeMessage>,
+    certified_id: Option<String>,
     outbound: mpsc::Sender<Result<proto::SnapshotUpdate, Status>>,
     mut snapshots: watch::Receiver<Arc<CompiledSnapshot>>,
     fleet: Arc<Fleet>,
@@ -82,6 +83,17 @@ async fn serve_node(
             return;
         }
     };
+    if let Some(certified) = &certified_id
+        && *certified != hello.node_id
+    {
+        let _ = outbound
+            .send(Err(Status::permission_denied(format!(
+                "this client certificate is for node {certified:?}, not {:?}",
+                hello.node_id
+            ))))
+            .await;
+        return;
+    }
     let node_id = hello.node_id.clone();
     let connection = fleet.connected(
         &node_id,
@@ -159,10 +171,13 @@ impl ConfigDiscovery for DiscoveryApi {
         &self,
         request: Request<Streaming<proto::NodeMessage>>,
     ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
-        crate::runtime::authenticate_node(request.metadata(), &self.access)?;
+        let principal = self.nodes.authenticate(&request)?;
+        // With mTLS the certificate names the node: it may only speak for itself.
+        let certified_id = self.nodes.requires_certificate().then_some(principal.name);
         let (outbound, receiver) = mpsc::channel(PUSH_QUEUE);
         tokio::spawn(serve_node(
             request.into_inner(),
+            certified_id,
             outbound,
             self.snapshots.clone(),
             self.fleet.clone(),

@@ -17,20 +17,49 @@ use crate::commands::Command;
 use crate::engine::Engine;
 use crate::vault::{LinkKey, LinkState, NewTokens, TokenLookup, Vault, VaultError};
 
-/// Authenticates a node by its bearer token.
-pub fn authenticate_node(
-    metadata: &tonic::metadata::MetadataMap,
-    access: &AccessList,
-) -> Result<Principal, Status> {
-    let principal = bearer_token(metadata)
-        .and_then(|token| access.authenticate(token))
-        .ok_or_else(|| Status::unauthenticated("missing or invalid node token"))?;
-    if principal.role != Role::Node {
-        return Err(Status::permission_denied(
-            "only node tokens may call the node APIs",
-        ));
+/// How nodes prove who they are: a node token, or, with mTLS, a client certificate whose
+/// common name is the node id (then the certificate is required and tokens are not enough).
+pub struct NodeAuth {
+    access: Arc<AccessList>,
+    require_certificate: bool,
+}
+
+impl NodeAuth {
+    pub fn new(access: Arc<AccessList>, require_certificate: bool) -> Self {
+        Self {
+            access,
+            require_certificate,
+        }
     }
-    Ok(principal)
+
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        if self.require_certificate {
+            return crate::tls::peer_node_id(request)
+                .map(|name| Principal {
+                    name,
+                    role: Role::Node,
+                })
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "a node client certificate signed by the fleet's CA is required",
+                    )
+                });
+        }
+        let principal = bearer_token(request.metadata())
+            .and_then(|token| self.access.authenticate(token))
+            .ok_or_else(|| Status::unauthenticated("missing or invalid node token"))?;
+        if principal.role != Role::Node {
+            return Err(Status::permission_denied(
+                "only node tokens may call the node APIs",
+            ));
+        }
+        Ok(principal)
+    }
+
+    /// Whether the node id a node claims must match its certificate.
+    pub fn requires_certificate(&self) -> bool {
+        self.require_certificate
+    }
 }
 
 /// Records of consumed one-time values, in their own sled tree. Each record is kept until
@@ -96,7 +125,7 @@ impl OnceStore {
 
 pub struct RuntimeApi {
     engine: Arc<Engine>,
-    access: Arc<AccessList>,
+    nodes: Arc<NodeAuth>,
     once: Arc<OnceStore>,
     vault: Arc<Vault>,
 }
@@ -104,13 +133,13 @@ pub struct RuntimeApi {
 impl RuntimeApi {
     pub fn new(
         engine: Arc<Engine>,
-        access: Arc<AccessList>,
+        nodes: Arc<NodeAuth>,
         once: Arc<OnceStore>,
         vault: Arc<Vault>,
     ) -> Self {
         Self {
             engine,
-            access,
+            nodes,
             once,
             vault,
         }
@@ -184,7 +213,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::ConsumeOnceRequest>,
     ) -> Result<Response<proto::ConsumeOnceReply>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let request = request.into_inner();
         if !NAMESPACES.contains(&request.namespace.as_str()) {
             return Err(Status::invalid_argument(format!(
@@ -211,7 +240,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::RevokeGrantRequest>,
     ) -> Result<Response<proto::RevokeGrantReply>, Status> {
-        let principal = authenticate_node(request.metadata(), &self.access)?;
+        let principal = self.nodes.authenticate(&request)?;
         let request = request.into_inner();
         let command = Command::RevokeGrant {
             grant_id: request.grant_id,
@@ -232,7 +261,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::GetUserTokenRequest>,
     ) -> Result<Response<proto::GetUserTokenReply>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let request = request.into_inner();
         let key = link_key(&request.app_id, request.user)?;
         let lookup = self
@@ -270,7 +299,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::PutUserTokenRequest>,
     ) -> Result<Response<proto::PutUserTokenReply>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let request = request.into_inner();
         let key = link_key(&request.app_id, request.user)?;
         if request.access_token.is_empty() || request.access_token.len() > 16 * 1024 {
@@ -310,7 +339,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::WatchUserTokensRequest>,
     ) -> Result<Response<Self::WatchUserTokensStream>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let mut changes = self.vault.subscribe();
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -354,7 +383,7 @@ impl NodeRuntime for RuntimeApi {
         &self,
         request: Request<proto::GetUserCredentialRequest>,
     ) -> Result<Response<proto::GetUserCredentialReply>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let request = request.into_inner();
         let credential_id = CatalogId::parse(&request.credential_id)
             .map_err(|error| Status::invalid_argument(format!("credential_id: {error}")))?;
@@ -378,13 +407,13 @@ impl NodeRuntime for RuntimeApi {
 
 /// Audit event delivery from nodes.
 pub struct AuditIngestApi {
-    access: Arc<AccessList>,
+    nodes: Arc<NodeAuth>,
     audit: Arc<crate::audit::AuditLog>,
 }
 
 impl AuditIngestApi {
-    pub fn new(access: Arc<AccessList>, audit: Arc<crate::audit::AuditLog>) -> Self {
-        Self { access, audit }
+    pub fn new(nodes: Arc<NodeAuth>, audit: Arc<crate::audit::AuditLog>) -> Self {
+        Self { nodes, audit }
     }
 }
 
@@ -394,7 +423,7 @@ impl portcullis_proto::v1::audit_ingest_server::AuditIngest for AuditIngestApi {
         &self,
         request: Request<proto::AuditBatch>,
     ) -> Result<Response<proto::AuditAck>, Status> {
-        authenticate_node(request.metadata(), &self.access)?;
+        self.nodes.authenticate(&request)?;
         let batch = request.into_inner();
         let audit = self.audit.clone();
         let (stored, duplicates) = tokio::task::spawn_blocking(move || audit.append(&batch.events))

@@ -16,8 +16,9 @@ use crate::audit::AuditLog;
 use crate::discovery::DiscoveryApi;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::fleet::Fleet;
-use crate::runtime::{AuditIngestApi, OnceStore, RuntimeApi, spawn_sweeper};
+use crate::runtime::{AuditIngestApi, NodeAuth, OnceStore, RuntimeApi, spawn_sweeper};
 use crate::secrets::{MasterKey, SecretError};
+use crate::tls::{TlsError, TlsFiles};
 use crate::vault::Vault;
 use portcullis_proto::v1::audit_ingest_server::AuditIngestServer;
 use portcullis_proto::v1::node_runtime_server::NodeRuntimeServer;
@@ -28,6 +29,8 @@ pub struct ControlPlaneConfig {
     pub data_dir: PathBuf,
     pub access_file: PathBuf,
     pub engine: EngineOptions,
+    /// `None`: plaintext, for local development only.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +47,15 @@ pub enum StartError {
     Reflection(String),
     #[error("cannot create the gateway keys: {0}")]
     Bootstrap(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl StartError {
     /// Configuration mistakes exit with 64 (EX_USAGE), so supervisors do not restart-loop.
     pub fn is_configuration_error(&self) -> bool {
         match self {
-            StartError::MasterKey(_) | StartError::Access(_) => true,
+            StartError::MasterKey(_) | StartError::Access(_) | StartError::Tls(_) => true,
             StartError::Engine(EngineError::Secret(
                 SecretError::WrongMasterKey { .. } | SecretError::MissingPreviousKey(_),
             )) => true,
@@ -70,6 +75,7 @@ pub struct ControlPlane {
     pub once: Arc<OnceStore>,
     pub vault: Arc<Vault>,
     pub audit: Arc<AuditLog>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl ControlPlane {
@@ -112,6 +118,7 @@ impl ControlPlane {
             once,
             vault,
             audit,
+            tls: config.tls.clone(),
         })
     }
 
@@ -142,20 +149,25 @@ impl ControlPlane {
         );
         self.audit
             .spawn_config_follower(self.engine.store().clone(), self.engine.subscribe_state());
-        let ingest = AuditIngestApi::new(self.access.clone(), self.audit.clone());
+        let nodes = Arc::new(NodeAuth::new(
+            self.access.clone(),
+            self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        ));
+        let ingest = AuditIngestApi::new(nodes.clone(), self.audit.clone());
         let runtime = RuntimeApi::new(
             self.engine.clone(),
-            self.access.clone(),
+            nodes.clone(),
             self.once.clone(),
             self.vault.clone(),
         );
         spawn_sweeper(self.once.clone());
-        let discovery = DiscoveryApi::new(
-            self.engine.subscribe_snapshots(),
-            self.access.clone(),
-            self.fleet.clone(),
-        );
-        tonic::transport::Server::builder()
+        let discovery =
+            DiscoveryApi::new(self.engine.subscribe_snapshots(), nodes, self.fleet.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.server_config()?)?;
+        }
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AdminServiceServer::new(admin))

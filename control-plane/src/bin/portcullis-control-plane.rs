@@ -49,6 +49,17 @@ struct ServeArgs {
     /// Write a state snapshot every this many events, so start-up replays only the tail.
     #[arg(long, default_value_t = 10_000)]
     state_snapshot_every: u64,
+    /// PEM certificate of the gRPC listener; with --tls-key-file the listener speaks TLS
+    /// only (without them it is plaintext, for local development).
+    #[arg(long, env = "PORTCULLIS_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the listener's certificate.
+    #[arg(long, env = "PORTCULLIS_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA that signs node client certificates: nodes then authenticate by certificate
+    /// (mTLS), the common name being the node id.
+    #[arg(long, env = "PORTCULLIS_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -63,6 +74,18 @@ enum Tool {
     },
     /// Print the SHA-256 of a token read from standard input, for the access file.
     HashToken,
+    /// Write a development CA, a server certificate and node client certificates (never
+    /// for production: the CA key sits next to them).
+    DevCerts {
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names and IP addresses the server certificate is valid for.
+        #[arg(long = "host", default_values = ["127.0.0.1", "localhost"])]
+        hosts: Vec<String>,
+        /// Node ids to make client certificates for (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
 }
 
 fn init_logging(format: &str) {
@@ -106,6 +129,18 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some(Tool::DevCerts { out, hosts, nodes }) => {
+            match portcullis_control_plane::tls::generate_dev_certificates(&out, &hosts, &nodes) {
+                Ok(()) => {
+                    println!("wrote development certificates to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         None => serve(cli.serve),
     }
 }
@@ -144,7 +179,24 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let tls = match portcullis_control_plane::tls::TlsFiles::from_flags(
+        args.tls_cert_file,
+        args.tls_key_file,
+        args.client_ca_file,
+    ) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if tls.is_none() {
+        tracing::warn!(
+            "the gRPC listener is plaintext: use --tls-cert-file and --tls-key-file outside local development"
+        );
+    }
     let config = ControlPlaneConfig {
+        tls,
         data_dir: args.data_dir,
         access_file: args.access_file,
         engine: EngineOptions {

@@ -61,6 +61,7 @@ impl InProcess {
             data_dir: dir.path().join("data"),
             access_file: write_access_file(dir.path()),
             engine: EngineOptions::default(),
+            tls: None,
         };
         let control_plane = ControlPlane::open(&config, master_key(), None)
             .await

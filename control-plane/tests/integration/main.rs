@@ -9,4 +9,5 @@ mod event_store;
 mod gateway;
 mod rotation;
 mod secrets_at_rest;
+mod tls;
 mod vault;
