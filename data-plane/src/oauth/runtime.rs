@@ -1,9 +1,14 @@
-//! The control plane's `NodeRuntime` service, as the authorization server uses it: exactly
-//! one use of each authorization code and refresh token across the fleet
-//! (`ConsumeOnce`), and revocation of a grant (`RevokeGrant`), which reaches every node in
-//! the next snapshot.
+//! The control plane's `NodeRuntime` service, as the node uses it while serving:
 //!
-//! Calls are bounded by [`CALL_TIMEOUT`]. A control plane that cannot answer makes the
+//! - exactly one use of each authorization code and refresh token across the fleet
+//!   (`ConsumeOnce`), and revocation of a grant (`RevokeGrant`), which reaches every node in
+//!   the next snapshot;
+//! - the token vault: a user's upstream OAuth tokens per app (`GetUserToken`,
+//!   `PutUserToken`, `WatchUserTokens`) and a user's own value of a stored credential
+//!   (`GetUserCredential`). The control plane keeps them sealed and refreshes tokens
+//!   itself; what comes back here is plaintext, held in a [`SecretValue`] and never logged.
+//!
+//! Unary calls are bounded by [`CALL_TIMEOUT`]. A control plane that cannot answer makes the
 //! token endpoint answer 503 `temporarily_unavailable`: single use is never skipped.
 
 use std::time::Duration;
@@ -48,6 +53,96 @@ pub enum RuntimeError {
     TimedOut(Duration),
     #[error("the control plane refused the call: {0}")]
     Status(tonic::Status),
+    #[error("the control plane's answer is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// A user as the vault keys them: the identity provider they sign in with (its catalog id)
+/// and their subject there. Subjects are unique per identity provider only, so the vault
+/// never keys anything by the subject alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VaultUser {
+    pub identity_provider: String,
+    pub subject: String,
+}
+
+impl VaultUser {
+    pub fn new(identity_provider: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            identity_provider: identity_provider.into(),
+            subject: subject.into(),
+        }
+    }
+
+    fn to_proto(&self) -> proto::UserRef {
+        proto::UserRef {
+            identity_provider: self.identity_provider.clone(),
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+/// What the vault holds for a user's link to an app (`GetUserToken`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserTokenLookup {
+    /// The user never connected the app, or disconnected it.
+    Missing,
+    /// The provider refused the refresh token: the user must connect again. The reason has
+    /// no secret in it.
+    Broken {
+        reason: String,
+    },
+    Connected(UserAccessToken),
+}
+
+/// A user's upstream access token, as the vault handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAccessToken {
+    pub access_token: SecretValue,
+    pub token_type: String,
+    /// 0 when the provider gave no expiry.
+    pub expires_at_unix: i64,
+    pub scope: String,
+}
+
+/// What a completed account link obtained, for `PutUserToken`.
+#[derive(Debug, Clone)]
+pub struct NewUserTokens {
+    pub access_token: SecretValue,
+    pub refresh_token: Option<SecretValue>,
+    pub token_type: String,
+    /// 0 when the provider gave no expiry.
+    pub expires_at_unix: i64,
+    pub scope: String,
+}
+
+/// The state of a link as the vault reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Missing,
+    Connected,
+    Broken,
+}
+
+impl LinkState {
+    fn from_proto(status: i32) -> Result<Self, RuntimeError> {
+        match proto::LinkStatus::try_from(status) {
+            Ok(proto::LinkStatus::Missing) => Ok(Self::Missing),
+            Ok(proto::LinkStatus::Connected) => Ok(Self::Connected),
+            Ok(proto::LinkStatus::Broken) => Ok(Self::Broken),
+            Ok(proto::LinkStatus::Unspecified) | Err(_) => {
+                Err(RuntimeError::Malformed("unknown link status"))
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Connected => "connected",
+            Self::Broken => "broken",
+        }
+    }
 }
 
 /// A lazily connected client of `NodeRuntime`, authenticated with the node token.
@@ -85,11 +180,17 @@ impl RuntimeClient {
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = self.untimed_request(message);
+        request.set_timeout(CALL_TIMEOUT);
+        request
+    }
+
+    /// A request without a deadline, for streams that stay open.
+    fn untimed_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
             .insert("authorization", self.bearer.clone());
-        request.set_timeout(CALL_TIMEOUT);
         request
     }
 
@@ -131,5 +232,105 @@ impl RuntimeClient {
             .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
             .map_err(RuntimeError::Status)?;
         Ok(reply.into_inner().revision)
+    }
+    /// A user's own value of a stored credential (a vault credential header matched per
+    /// user), or `None` when they stored none.
+    pub async fn get_user_credential(
+        &self,
+        credential_id: &str,
+        user: &VaultUser,
+    ) -> Result<Option<SecretValue>, RuntimeError> {
+        let request = self.request(proto::GetUserCredentialRequest {
+            credential_id: credential_id.to_owned(),
+            user: Some(user.to_proto()),
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.get_user_credential(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?
+            .into_inner();
+        Ok(reply.found.then(|| SecretValue::new(reply.value)))
+    }
+
+    /// The user's access token for an app; the control plane refreshes it first when it
+    /// expires within `min_valid_secs` (one refresh per link across the fleet).
+    pub async fn get_user_token(
+        &self,
+        app_id: &str,
+        user: &VaultUser,
+        min_valid_secs: u32,
+    ) -> Result<UserTokenLookup, RuntimeError> {
+        let request = self.request(proto::GetUserTokenRequest {
+            app_id: app_id.to_owned(),
+            user: Some(user.to_proto()),
+            min_valid_secs,
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.get_user_token(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?
+            .into_inner();
+        Ok(match LinkState::from_proto(reply.status)? {
+            LinkState::Missing => UserTokenLookup::Missing,
+            LinkState::Broken => UserTokenLookup::Broken {
+                reason: reply.reason,
+            },
+            LinkState::Connected => {
+                if reply.access_token.is_empty() {
+                    return Err(RuntimeError::Malformed("a connected link without a token"));
+                }
+                UserTokenLookup::Connected(UserAccessToken {
+                    access_token: SecretValue::new(reply.access_token),
+                    token_type: reply.token_type,
+                    expires_at_unix: reply.expires_at_unix,
+                    scope: reply.scope,
+                })
+            }
+        })
+    }
+
+    /// Stores the tokens of a completed account link.
+    pub async fn put_user_token(
+        &self,
+        app_id: &str,
+        user: &VaultUser,
+        tokens: &NewUserTokens,
+    ) -> Result<(), RuntimeError> {
+        let request = self.request(proto::PutUserTokenRequest {
+            app_id: app_id.to_owned(),
+            user: Some(user.to_proto()),
+            access_token: tokens.access_token.expose().to_owned(),
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|token| token.expose().to_owned())
+                .unwrap_or_default(),
+            token_type: tokens.token_type.clone(),
+            expires_at_unix: tokens.expires_at_unix,
+            scope: tokens.scope.clone(),
+        });
+        let mut client = self.client.clone();
+        tokio::time::timeout(CALL_TIMEOUT, client.put_user_token(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?;
+        Ok(())
+    }
+
+    /// Opens the stream of link changes. The control plane confirms the watch with a
+    /// `reset` message at once. No deadline: the stream stays open until either side ends
+    /// it.
+    pub async fn watch_user_tokens(
+        &self,
+    ) -> Result<tonic::Streaming<proto::UserTokenChange>, RuntimeError> {
+        let request = self.untimed_request(proto::WatchUserTokensRequest {});
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.watch_user_tokens(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?;
+        Ok(reply.into_inner())
     }
 }
