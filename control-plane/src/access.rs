@@ -13,13 +13,25 @@
 //!   - name: gateway-fleet
 //!     role: node         # data-plane nodes: snapshot stream only
 //!     sha256: 2c26...
+//! # Optional: admins and auditors sign in with JWTs from the identity provider
+//! # (see `oidc.rs`); nodes always use a token or a client certificate.
+//! oidc:
+//!   issuer: https://login.example.com
+//!   audience: portcullis-admin
+//!   role_claim: groups
+//!   admin_values: [platform-admins]
+//!   auditor_values: [security]
 //! ```
 
 use std::path::Path;
 
 use portcullis_shared::crypto::sha256_hex;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+
+use crate::oidc::OidcVerifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -58,7 +70,11 @@ pub enum AccessError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessFile {
+    #[serde(default)]
     tokens: Vec<RawToken>,
+    /// Admins and auditors may also present a JWT from the identity provider.
+    #[serde(default)]
+    oidc: Option<crate::oidc::RawOidc>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +93,7 @@ struct Entry {
 
 pub struct AccessList {
     entries: Vec<Entry>,
+    oidc: Option<Arc<OidcVerifier>>,
 }
 
 impl AccessList {
@@ -94,9 +111,10 @@ impl AccessList {
     /// Parses and validates an access file, reporting every bad entry at once.
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: RawAccessFile = serde_norway::from_str(text).map_err(|error| error.to_string())?;
+        let raw_tokens = raw.tokens;
         let mut problems = Vec::new();
         let mut entries = Vec::new();
-        for (index, token) in raw.tokens.into_iter().enumerate() {
+        for (index, token) in raw_tokens.into_iter().enumerate() {
             let field = format!("tokens[{index}]");
             if token.name.trim().is_empty() || token.name.chars().any(char::is_control) {
                 problems.push(format!("{field}.name: must be a non-empty name"));
@@ -128,19 +146,50 @@ impl AccessList {
                 });
             }
         }
-        if entries.is_empty() && problems.is_empty() {
-            problems.push("tokens: at least one token is required".to_owned());
+        if let Some(oidc) = &raw.oidc {
+            problems.extend(oidc.validate());
+        }
+        if entries.is_empty() && raw.oidc.is_none() && problems.is_empty() {
+            problems.push("tokens: at least one token (or an oidc section) is required".to_owned());
         }
         if problems.is_empty() {
-            Ok(Self { entries })
+            let oidc = raw
+                .oidc
+                .map(OidcVerifier::new)
+                .transpose()
+                .map_err(|error| error.to_string())?;
+            Ok(Self { entries, oidc })
         } else {
             Err(problems.join("; "))
         }
     }
 
-    /// The principal a bearer token belongs to. Every entry is compared, in constant time,
-    /// so timing does not tell which entry nearly matched.
+    /// The OIDC verifier, when the access file configures one.
+    pub fn oidc(&self) -> Option<&Arc<OidcVerifier>> {
+        self.oidc.as_ref()
+    }
+
+    /// The principal a bearer token belongs to: a static token (every entry compared in
+    /// constant time, so timing does not tell which nearly matched), or a JWT from the
+    /// configured identity provider. Node tokens are only ever static.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        if let Some(principal) = self.authenticate_static(token) {
+            return Some(principal);
+        }
+        let oidc = self.oidc.as_ref()?;
+        if token.split('.').count() != 3 {
+            return None;
+        }
+        match oidc.verify(token) {
+            Ok(principal) => Some(principal),
+            Err(reason) => {
+                tracing::info!(%reason, "an admin JWT was refused");
+                None
+            }
+        }
+    }
+
+    fn authenticate_static(&self, token: &str) -> Option<Principal> {
         let presented = hex::decode(sha256_hex(token.as_bytes())).ok()?;
         let mut found = None;
         for entry in &self.entries {

@@ -86,6 +86,14 @@ impl ControlPlane {
         previous_master_key: Option<MasterKey>,
     ) -> Result<Self, StartError> {
         let access = Arc::new(AccessList::load(&config.access_file)?);
+        if let Some(oidc) = access.oidc() {
+            // A first fetch now, so admins can sign in as soon as the listener is up; the
+            // refresher keeps trying if the identity provider is not reachable yet.
+            if let Err(error) = oidc.refresh_keys().await {
+                tracing::warn!(%error, "admin OIDC keys not available yet");
+            }
+            oidc.spawn_refresher();
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|error| StartError::Engine(EngineError::Thread(error)))?;
         let engine = Arc::new(Engine::open(

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod event_store;
 mod gateway;
+mod oidc;
 mod rotation;
 mod secrets_at_rest;
 mod tls;
