@@ -23,6 +23,11 @@ use crate::vault::Vault;
 use portcullis_proto::v1::audit_ingest_server::AuditIngestServer;
 use portcullis_proto::v1::node_runtime_server::NodeRuntimeServer;
 
+/// The largest admin request (an `apply` document) accepted.
+const MAX_ADMIN_MESSAGE: usize = 8 * 1024 * 1024;
+/// The largest audit batch accepted from a node.
+const MAX_AUDIT_BATCH: usize = 16 * 1024 * 1024;
+
 /// Validated control-plane settings.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
@@ -171,17 +176,24 @@ impl ControlPlane {
         spawn_sweeper(self.once.clone());
         let discovery =
             DiscoveryApi::new(self.engine.subscribe_snapshots(), nodes, self.fleet.clone());
-        let mut builder = tonic::transport::Server::builder();
+        // Bounds: dead peers are noticed by keepalives, one connection cannot open
+        // unbounded streams, and messages are size-limited per service below.
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .max_concurrent_streams(Some(1024))
+            .concurrency_limit_per_connection(256);
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.server_config()?)?;
         }
         builder
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(AdminServiceServer::new(admin))
+            .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_ADMIN_MESSAGE))
             .add_service(ConfigDiscoveryServer::new(discovery))
             .add_service(NodeRuntimeServer::new(runtime))
-            .add_service(AuditIngestServer::new(ingest))
+            .add_service(AuditIngestServer::new(ingest).max_decoding_message_size(MAX_AUDIT_BATCH))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())
