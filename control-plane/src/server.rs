@@ -190,7 +190,9 @@ impl ControlPlane {
         builder
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_ADMIN_MESSAGE))
+            .add_service(
+                AdminServiceServer::new(admin).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+            )
             .add_service(ConfigDiscoveryServer::new(discovery))
             .add_service(NodeRuntimeServer::new(runtime))
             .add_service(AuditIngestServer::new(ingest).max_decoding_message_size(MAX_AUDIT_BATCH))
