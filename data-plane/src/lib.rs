@@ -11,6 +11,8 @@
 //!   server (login delegated to the identity provider by OIDC), and the validation of the
 //!   access tokens it issues.
 //! - [`record`]: the structured record every proxied request produces.
+//! - [`tokens`]: tokens the node obtains itself (client credentials, token exchange), cached
+//!   with single-flight refresh.
 //! - [`node`]: startup, serving and graceful shutdown.
 
 pub mod compiled;
@@ -23,5 +25,6 @@ pub mod proxy;
 pub mod record;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 
 pub use proxy::{NodeState, router};
