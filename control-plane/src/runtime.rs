@@ -1,5 +1,6 @@
 //! Calls nodes make while serving: one-time values that must be used once across the whole
-//! fleet (authorization codes, refresh tokens), and grant revocations.
+//! fleet (authorization codes, refresh tokens), grant revocations, and the token vault
+//! (users' upstream tokens, their listing and disconnection by the users themselves).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,17 +147,26 @@ impl RuntimeApi {
     }
 }
 
+/// The user of a request, validated.
+fn user_ref(user: Option<proto::UserRef>) -> Result<(CatalogId, UserId), Status> {
+    let user = user.ok_or_else(|| Status::invalid_argument("user: required"))?;
+    Ok((
+        CatalogId::parse(&user.identity_provider).map_err(|error| {
+            Status::invalid_argument(format!("user.identity_provider: {error}"))
+        })?,
+        UserId::parse(&user.subject)
+            .map_err(|error| Status::invalid_argument(format!("user.subject: {error}")))?,
+    ))
+}
+
 /// The link key of a request, validated.
 fn link_key(app_id: &str, user: Option<proto::UserRef>) -> Result<LinkKey, Status> {
-    let user = user.ok_or_else(|| Status::invalid_argument("user: required"))?;
+    let (identity_provider, subject) = user_ref(user)?;
     Ok(LinkKey {
         app_id: CatalogId::parse(app_id)
             .map_err(|error| Status::invalid_argument(format!("app_id: {error}")))?,
-        identity_provider: CatalogId::parse(&user.identity_provider).map_err(|error| {
-            Status::invalid_argument(format!("user.identity_provider: {error}"))
-        })?,
-        subject: UserId::parse(&user.subject)
-            .map_err(|error| Status::invalid_argument(format!("user.subject: {error}")))?,
+        identity_provider,
+        subject,
     })
 }
 
@@ -377,6 +387,46 @@ impl NodeRuntime for RuntimeApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+
+    async fn list_user_tokens(
+        &self,
+        request: Request<proto::ListUserTokensRequest>,
+    ) -> Result<Response<proto::ListUserTokensReply>, Status> {
+        self.nodes.authenticate(&request)?;
+        let (identity_provider, subject) = user_ref(request.into_inner().user)?;
+        let vault = self.vault.clone();
+        let links =
+            tokio::task::spawn_blocking(move || vault.list_user(&identity_provider, &subject))
+                .await
+                .map_err(|error| Status::internal(error.to_string()))?
+                .map_err(vault_status)?;
+        Ok(Response::new(proto::ListUserTokensReply {
+            links: links
+                .into_iter()
+                .map(|(key, link)| proto::UserTokenInfo {
+                    app_id: key.app_id.to_string(),
+                    status: link_status(Some(link.state)) as i32,
+                    reason: link.reason,
+                    connected_at_unix: link.connected_at_unix,
+                    refreshed_at_unix: link.refreshed_at_unix,
+                    expires_at_unix: link.expires_at_unix,
+                    scope: link.scope,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_user_token(
+        &self,
+        request: Request<proto::DeleteUserTokenRequest>,
+    ) -> Result<Response<proto::DeleteUserTokenReply>, Status> {
+        let principal = self.nodes.authenticate(&request)?;
+        let request = request.into_inner();
+        let key = link_key(&request.app_id, request.user)?;
+        let deleted = self.vault.delete(&key).await.map_err(vault_status)?;
+        tracing::info!(node = %principal.name, app = %key.app_id, user = %key.subject, deleted, "account link disconnected by its user");
+        Ok(Response::new(proto::DeleteUserTokenReply { deleted }))
     }
 
     async fn get_user_credential(

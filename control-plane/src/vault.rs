@@ -387,6 +387,21 @@ impl Vault {
         Ok(links)
     }
 
+    /// One user's links, for the user themselves (a scan: links are keyed app first).
+    pub fn list_user(
+        &self,
+        identity_provider: &CatalogId,
+        subject: &UserId,
+    ) -> Result<Vec<(LinkKey, Link)>, VaultError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|(key, _)| {
+                key.identity_provider == *identity_provider && key.subject == *subject
+            })
+            .collect())
+    }
+
     fn lookup(&self, link: &Link) -> Result<TokenLookup, VaultError> {
         match (link.state, &link.access_token) {
             (LinkState::Broken, _) | (LinkState::Connected, None) => Ok(TokenLookup::Broken {

@@ -362,3 +362,113 @@ async fn the_vault_is_for_nodes_only_and_checks_its_input() {
         Code::InvalidArgument
     );
 }
+
+#[tokio::test]
+async fn a_user_lists_and_disconnects_only_their_own_links() {
+    let (control_plane, _provider, mut runtime) = setup().await;
+    let mut changes = runtime
+        .watch_user_tokens(authed(NODE_TOKEN, proto::WatchUserTokensRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(changes.next().await.unwrap().unwrap().reset);
+    for subject in ["alice", "bob"] {
+        runtime
+            .put_user_token(put(subject, subject, now() + 3600))
+            .await
+            .unwrap();
+        changes.next().await.unwrap().unwrap();
+    }
+    let list = |subject: &str| {
+        authed(
+            NODE_TOKEN,
+            proto::ListUserTokensRequest {
+                user: user(subject),
+            },
+        )
+    };
+    let alice = runtime
+        .list_user_tokens(list("alice"))
+        .await
+        .unwrap()
+        .into_inner()
+        .links;
+    assert_eq!(alice.len(), 1);
+    assert_eq!(alice[0].app_id, "github");
+    assert_eq!(alice[0].status, proto::LinkStatus::Connected as i32);
+    assert_eq!(alice[0].scope, "repo");
+    assert!(alice[0].connected_at_unix > 0);
+    // Same subject at another identity provider: someone else, with no links.
+    let mut elsewhere = list("alice");
+    elsewhere.get_mut().user.as_mut().unwrap().identity_provider = "entra".into();
+    assert!(
+        runtime
+            .list_user_tokens(elsewhere)
+            .await
+            .unwrap()
+            .into_inner()
+            .links
+            .is_empty()
+    );
+
+    let delete = |subject: &str| {
+        authed(
+            NODE_TOKEN,
+            proto::DeleteUserTokenRequest {
+                app_id: "github".into(),
+                user: user(subject),
+            },
+        )
+    };
+    assert!(
+        runtime
+            .delete_user_token(delete("alice"))
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+    let change = changes.next().await.unwrap().unwrap();
+    assert_eq!(change.user.unwrap().subject, "alice");
+    assert_eq!(change.status, proto::LinkStatus::Missing as i32);
+    assert!(
+        !runtime
+            .delete_user_token(delete("alice"))
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+    // Bob's link is untouched.
+    let reply = runtime
+        .get_user_token(get("bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status, proto::LinkStatus::Connected as i32);
+    assert_eq!(reply.access_token, "bob");
+    // The audit trail has the user's disconnect.
+    let mut client = control_plane.client().await;
+    let page = client
+        .query_audit(admin(proto::AuditQuery {
+            kind: "account_unlink".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.records.len(), 1);
+    let event = page.records[0].event.as_ref().unwrap();
+    assert_eq!(event.actor, "alice");
+    assert_eq!(event.credential_id, "github");
+    // Only nodes may call it.
+    let mut as_admin = list("bob");
+    as_admin.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    assert_eq!(
+        runtime.list_user_tokens(as_admin).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}

@@ -4,8 +4,8 @@
 //!   (`ConsumeOnce`), and revocation of a grant (`RevokeGrant`), which reaches every node in
 //!   the next snapshot;
 //! - the token vault: a user's upstream OAuth tokens per app (`GetUserToken`,
-//!   `PutUserToken`, `WatchUserTokens`) and a user's own value of a stored credential
-//!   (`GetUserCredential`). The control plane keeps them sealed and refreshes tokens
+//!   `PutUserToken`, `WatchUserTokens`, and for the user themselves `ListUserTokens`,
+//!   `DeleteUserToken`) and a user's own value of a stored credential (`GetUserCredential`). The control plane keeps them sealed and refreshes tokens
 //!   itself; what comes back here is plaintext, held in a [`SecretValue`] and never logged.
 //!
 //! Unary calls are bounded by [`CALL_TIMEOUT`]. A control plane that cannot answer makes the
@@ -111,6 +111,20 @@ pub struct NewUserTokens {
     pub access_token: SecretValue,
     pub refresh_token: Option<SecretValue>,
     pub token_type: String,
+    /// 0 when the provider gave no expiry.
+    pub expires_at_unix: i64,
+    pub scope: String,
+}
+
+/// One of a user's links, as the user may see it (`ListUserTokens`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLinkInfo {
+    pub app_id: String,
+    pub state: LinkState,
+    /// Why it is broken; no secret in it.
+    pub reason: String,
+    pub connected_at_unix: i64,
+    pub refreshed_at_unix: i64,
     /// 0 when the provider gave no expiry.
     pub expires_at_unix: i64,
     pub scope: String,
@@ -332,5 +346,53 @@ impl RuntimeClient {
             .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
             .map_err(RuntimeError::Status)?;
         Ok(reply.into_inner())
+    }
+    /// A user's own links (status, scope, times; never the tokens).
+    pub async fn list_user_tokens(
+        &self,
+        user: &VaultUser,
+    ) -> Result<Vec<UserLinkInfo>, RuntimeError> {
+        let request = self.request(proto::ListUserTokensRequest {
+            user: Some(user.to_proto()),
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.list_user_tokens(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?
+            .into_inner();
+        reply
+            .links
+            .into_iter()
+            .map(|link| {
+                Ok(UserLinkInfo {
+                    state: LinkState::from_proto(link.status)?,
+                    app_id: link.app_id,
+                    reason: link.reason,
+                    connected_at_unix: link.connected_at_unix,
+                    refreshed_at_unix: link.refreshed_at_unix,
+                    expires_at_unix: link.expires_at_unix,
+                    scope: link.scope,
+                })
+            })
+            .collect()
+    }
+
+    /// Disconnects one of a user's links; false when there was none.
+    pub async fn delete_user_token(
+        &self,
+        app_id: &str,
+        user: &VaultUser,
+    ) -> Result<bool, RuntimeError> {
+        let request = self.request(proto::DeleteUserTokenRequest {
+            app_id: app_id.to_owned(),
+            user: Some(user.to_proto()),
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.delete_user_token(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?;
+        Ok(reply.into_inner().deleted)
     }
 }

@@ -251,6 +251,20 @@ impl NodeRuntime for RuntimeService {
     ) -> Result<Response<proto::GetUserCredentialReply>, Status> {
         Err(Status::unimplemented("not in these tests"))
     }
+
+    async fn list_user_tokens(
+        &self,
+        _request: Request<proto::ListUserTokensRequest>,
+    ) -> Result<Response<proto::ListUserTokensReply>, Status> {
+        Err(Status::unimplemented("not in these tests"))
+    }
+
+    async fn delete_user_token(
+        &self,
+        _request: Request<proto::DeleteUserTokenRequest>,
+    ) -> Result<Response<proto::DeleteUserTokenReply>, Status> {
+        Err(Status::unimplemented("not in these tests"))
+    }
 }
 
 /// An in-process `NodeRuntime` on a loopback port.
