@@ -175,6 +175,7 @@ async fn start_node(upstream: SocketAddr) -> (SocketAddr, String) {
         },
         issued_at_unix: unix_now(),
         expires_at_unix: unix_now() + 3_600,
+        identity_provider_tokens: None,
     };
     let (token, _) = mint_access_token(
         &compiled.gateway_keys,

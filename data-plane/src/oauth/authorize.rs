@@ -813,15 +813,15 @@ async fn finish(
         )
     })?;
     let redirect_uri = server.issuer.endpoint("/oauth/callback");
-    let id_token = server
+    let login_tokens = server
         .identity_providers
-        .exchange(&metadata, provider, code, &redirect_uri, &login.code_verifier)
+        .exchange(&metadata, provider, code, &redirect_uri, &login.code_verifier, now)
         .await
         .map_err(|error| {
             tracing::warn!(identity_provider = %provider.id, %error, "the login could not be completed");
             Failure::to_client(pending, "server_error", "the sign-in at the identity provider could not be completed")
         })?;
-    let user = IdentityProviders::verify_id_token(&metadata, provider, &id_token, &login.nonce, now)
+    let user = IdentityProviders::verify_id_token(&metadata, provider, &login_tokens.id_token, &login.nonce, now)
         .await
         .map_err(|error| {
             tracing::warn!(identity_provider = %provider.id, %error, "the identity provider's ID token was refused");
@@ -841,6 +841,9 @@ async fn finish(
         user,
         issued_at_unix: now,
         expires_at_unix: now + GRANT_LIFETIME_SECS,
+        // The user's own provider token, for "Forward caller's token" and "On behalf of
+        // caller"; sealed wherever the grant travels.
+        identity_provider_tokens: login_tokens.provider_tokens,
     };
     let code = AuthorizationCode::new(
         grant,

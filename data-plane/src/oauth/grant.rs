@@ -5,10 +5,18 @@
 //! id (`sid` in access tokens) names the family of refresh tokens it produces, so revoking
 //! the grant (refresh-token reuse, logout) ends all of them and every access token minted
 //! from them.
+//!
+//! The identity provider's own tokens from the login ([`IdentityProviderTokens`]: its
+//! access token and refresh token) travel inside the grant, so inside the sealed code and
+//! refresh tokens, and the access token alone also travels as the `idp_token` claim of
+//! every gateway access token: a value sealed for [`Purpose::IdentityProviderToken`], bound
+//! to the grant and the user ([`SealedIdentityProviderToken`]). A node recovers the user's
+//! identity-provider token from the access token it validates, with no store; the MCP client
+//! only ever holds it encrypted.
 
 use serde::{Deserialize, Serialize};
 
-use crate::oauth::keyring::{GatewayKeyring, Purpose, SealError, SignError};
+use crate::oauth::keyring::{GatewayKeyring, OpenError, Purpose, SealError, SignError};
 use crate::oauth::random_id;
 
 /// Authorization codes are redeemed within this many seconds.
@@ -19,6 +27,105 @@ pub const AUTHORIZATION_CODE_LIFETIME_SECS: i64 = 60;
 pub const GRANT_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 /// The default access-token lifetime (`--access-token-lifetime-secs`).
 pub const DEFAULT_ACCESS_TOKEN_LIFETIME_SECS: u64 = 600;
+/// A gateway access token carrying the identity provider's token expires with it, but
+/// lives at least this long (so a client whose refresh could not renew the provider's token
+/// comes back soon rather than at once).
+pub const MIN_ACCESS_TOKEN_LIFETIME_SECS: i64 = 60;
+/// The access-token claim that carries the identity provider's access token, sealed.
+pub const IDENTITY_PROVIDER_TOKEN_CLAIM: &str = "idp_token";
+
+/// The identity provider's tokens from the user's login (and its refreshes). Plaintext only
+/// inside sealed values; `Debug` shows neither token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityProviderTokens {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// When the access token expires (seconds since the epoch).
+    pub expires_at_unix: i64,
+    /// The RFC 8707 resource the access token was requested for (the catalog's
+    /// `token_resource` at the time), so a refresh asks for the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+impl std::fmt::Debug for IdentityProviderTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityProviderTokens")
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("expires_at_unix", &self.expires_at_unix)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The content of the `idp_token` claim: the identity provider's access token, bound to
+/// the grant (`sid`) and user (`sub`) of the access token that carries it, so it cannot be
+/// lifted into another user's token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedIdentityProviderToken {
+    pub sid: String,
+    pub sub: String,
+    pub access_token: String,
+    pub expires_at_unix: i64,
+}
+
+impl std::fmt::Debug for SealedIdentityProviderToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedIdentityProviderToken")
+            .field("sid", &self.sid)
+            .field("sub", &self.sub)
+            .field("expires_at_unix", &self.expires_at_unix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the identity provider's token cannot be recovered from an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityProviderTokenError {
+    #[error(
+        "the access token carries no identity provider token (signed in before it was kept, or the provider issued none)"
+    )]
+    Absent,
+    #[error("the identity provider token in the access token does not open: {0}")]
+    Unreadable(OpenError),
+    #[error("the identity provider token in the access token belongs to another grant")]
+    WrongGrant,
+    #[error(
+        "the identity provider's token expired and could not be renewed; refresh or sign in again"
+    )]
+    Expired,
+}
+
+impl SealedIdentityProviderToken {
+    /// Recovers the identity provider's access token from the `idp_token` claim of an
+    /// access token whose `sid` and `sub` are given, valid at `now_unix`.
+    pub fn open(
+        keys: &GatewayKeyring,
+        claim: Option<&str>,
+        sid: Option<&str>,
+        sub: &str,
+        now_unix: i64,
+    ) -> Result<Self, IdentityProviderTokenError> {
+        let claim = claim.ok_or(IdentityProviderTokenError::Absent)?;
+        let opened: Self = keys
+            .open(Purpose::IdentityProviderToken, claim, now_unix)
+            .map_err(|error| match error {
+                OpenError::Expired => IdentityProviderTokenError::Expired,
+                OpenError::WrongKind
+                | OpenError::Malformed
+                | OpenError::UnknownKey
+                | OpenError::Tampered => IdentityProviderTokenError::Unreadable(error),
+            })?;
+        if Some(opened.sid.as_str()) != sid || opened.sub != sub {
+            return Err(IdentityProviderTokenError::WrongGrant);
+        }
+        if opened.expires_at_unix <= now_unix {
+            return Err(IdentityProviderTokenError::Expired);
+        }
+        Ok(opened)
+    }
+}
 
 /// The user, as the identity provider said at login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +160,9 @@ pub struct Grant {
     pub issued_at_unix: i64,
     /// When the grant ends.
     pub expires_at_unix: i64,
+    /// The identity provider's tokens from the login, when it issued an access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_provider_tokens: Option<IdentityProviderTokens>,
 }
 
 /// The content of an authorization code.
@@ -130,10 +240,16 @@ pub struct AccessTokenClaims {
     /// The identity provider's issuer.
     pub idp_iss: String,
     pub auth_time: i64,
+    /// The identity provider's access token, sealed ([`SealedIdentityProviderToken`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_token: Option<String>,
 }
 
 /// Mints an access token for `grant`, valid for `lifetime_secs` from `now_unix` (never past
-/// the grant's end).
+/// the grant's end). When the grant holds the identity provider's access token, the token
+/// carries it sealed and does not outlive it (by more than
+/// [`MIN_ACCESS_TOKEN_LIFETIME_SECS`]), so a client refreshes before the upstream would see
+/// an expired provider token.
 pub fn mint_access_token(
     keys: &GatewayKeyring,
     issuer: &str,
@@ -141,7 +257,28 @@ pub fn mint_access_token(
     now_unix: i64,
     lifetime_secs: i64,
 ) -> Result<(String, i64), SignError> {
-    let expires_at = (now_unix + lifetime_secs).min(grant.expires_at_unix);
+    let mut expires_at = (now_unix + lifetime_secs).min(grant.expires_at_unix);
+    let mut idp_token = None;
+    if let Some(tokens) = &grant.identity_provider_tokens {
+        expires_at = expires_at.min(
+            tokens
+                .expires_at_unix
+                .max(now_unix + MIN_ACCESS_TOKEN_LIFETIME_SECS),
+        );
+        let sealed = SealedIdentityProviderToken {
+            sid: grant.grant_id.clone(),
+            sub: grant.user.subject.clone(),
+            access_token: tokens.access_token.clone(),
+            expires_at_unix: tokens.expires_at_unix,
+        };
+        idp_token = Some(
+            keys.seal(Purpose::IdentityProviderToken, &sealed, expires_at)
+                .map_err(|error| match error {
+                    SealError::NoActiveKey => SignError::NoActiveKey,
+                    SealError::Crypto(_) => SignError::Crypto,
+                })?,
+        );
+    }
     let claims = AccessTokenClaims {
         iss: issuer.to_owned(),
         aud: grant.resource.clone(),
@@ -157,6 +294,7 @@ pub fn mint_access_token(
         idp: grant.user.identity_provider.clone(),
         idp_iss: grant.user.identity_provider_issuer.clone(),
         auth_time: grant.user.auth_time,
+        idp_token,
     };
     let token = keys.sign_access_token(&claims)?;
     Ok((token, expires_at - now_unix))
@@ -186,6 +324,133 @@ pub(crate) mod tests {
             user: user(subject),
             issued_at_unix: 1_800_000_000,
             expires_at_unix,
+            identity_provider_tokens: None,
         }
+    }
+
+    use crate::oauth::keyring::tests::{NOW, keys};
+
+    fn idp_tokens(expires_at_unix: i64) -> IdentityProviderTokens {
+        IdentityProviderTokens {
+            access_token: "idp-access-token".to_owned(),
+            refresh_token: Some("idp-refresh-token".to_owned()),
+            expires_at_unix,
+            resource: Some("https://search.example.com".to_owned()),
+        }
+    }
+
+    fn claims_of(token: &str) -> serde_json::Value {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn access_tokens_carry_the_identity_providers_token_sealed_and_bound_to_the_grant() {
+        let ring = GatewayKeyring::compile(&keys()).unwrap();
+        let mut alice = grant("alice", "https://gw/mcp/search", NOW + 86_400);
+        alice.identity_provider_tokens = Some(idp_tokens(NOW + 3_600));
+        let (token, expires_in) = mint_access_token(&ring, "https://gw", &alice, NOW, 600).unwrap();
+        assert_eq!(expires_in, 600);
+        // The client sees neither provider token in clear.
+        assert!(!token.contains("idp-access-token"));
+        let claims = claims_of(&token);
+        let sealed = claims[IDENTITY_PROVIDER_TOKEN_CLAIM].as_str().unwrap();
+        assert!(sealed.starts_with("pci1."), "{sealed}");
+        assert!(!claims.to_string().contains("idp-access-token"));
+        assert!(!claims.to_string().contains("idp-refresh-token"));
+        let opened = SealedIdentityProviderToken::open(
+            &ring,
+            Some(sealed),
+            Some(&alice.grant_id),
+            "alice",
+            NOW + 10,
+        )
+        .unwrap();
+        assert_eq!(opened.access_token, "idp-access-token");
+        assert!(!format!("{opened:?} {alice:?}").contains("idp-"));
+
+        // Lifted into bob's token (another grant or subject), it is refused.
+        assert_eq!(
+            SealedIdentityProviderToken::open(
+                &ring,
+                Some(sealed),
+                Some("other-grant"),
+                "alice",
+                NOW
+            ),
+            Err(IdentityProviderTokenError::WrongGrant)
+        );
+        assert_eq!(
+            SealedIdentityProviderToken::open(
+                &ring,
+                Some(sealed),
+                Some(&alice.grant_id),
+                "bob",
+                NOW
+            ),
+            Err(IdentityProviderTokenError::WrongGrant)
+        );
+        assert_eq!(
+            SealedIdentityProviderToken::open(&ring, None, Some(&alice.grant_id), "alice", NOW),
+            Err(IdentityProviderTokenError::Absent)
+        );
+        // A refresh token's sealed value does not open as this claim.
+        let refresh = RefreshToken::new(alice.clone()).seal(&ring).unwrap();
+        assert!(matches!(
+            SealedIdentityProviderToken::open(
+                &ring,
+                Some(&refresh),
+                Some(&alice.grant_id),
+                "alice",
+                NOW
+            ),
+            Err(IdentityProviderTokenError::Unreadable(OpenError::WrongKind))
+        ));
+        // The refresh token holds both provider tokens, sealed.
+        assert!(!refresh.contains("idp-refresh-token"));
+        let reopened: RefreshToken = ring.open(Purpose::RefreshToken, &refresh, NOW).unwrap();
+        assert_eq!(
+            reopened.grant.identity_provider_tokens,
+            alice.identity_provider_tokens
+        );
+    }
+
+    #[test]
+    fn access_tokens_do_not_outlive_the_identity_providers_token() {
+        let ring = GatewayKeyring::compile(&keys()).unwrap();
+        let mut alice = grant("alice", "https://gw/mcp/search", NOW + 86_400);
+        alice.identity_provider_tokens = Some(idp_tokens(NOW + 120));
+        let (_, expires_in) = mint_access_token(&ring, "https://gw", &alice, NOW, 600).unwrap();
+        assert_eq!(expires_in, 120);
+        // Already (nearly) expired: the minimum lifetime, and the claim says expired.
+        alice.identity_provider_tokens = Some(idp_tokens(NOW - 5));
+        let (token, expires_in) = mint_access_token(&ring, "https://gw", &alice, NOW, 600).unwrap();
+        assert_eq!(expires_in, MIN_ACCESS_TOKEN_LIFETIME_SECS);
+        let claims = claims_of(&token);
+        assert_eq!(
+            SealedIdentityProviderToken::open(
+                &ring,
+                claims[IDENTITY_PROVIDER_TOKEN_CLAIM].as_str(),
+                Some(&alice.grant_id),
+                "alice",
+                NOW
+            ),
+            Err(IdentityProviderTokenError::Expired)
+        );
+        // Without provider tokens: no claim, the configured lifetime.
+        alice.identity_provider_tokens = None;
+        let (token, expires_in) = mint_access_token(&ring, "https://gw", &alice, NOW, 600).unwrap();
+        assert_eq!(expires_in, 600);
+        assert!(
+            claims_of(&token)
+                .get(IDENTITY_PROVIDER_TOKEN_CLAIM)
+                .is_none()
+        );
     }
 }

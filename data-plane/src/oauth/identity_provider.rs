@@ -8,10 +8,14 @@
 //! when present), `exp`/`nbf`, and the `nonce` of this login. The user's id, email and
 //! groups come from the claims the catalog entry names.
 //!
-//! Differences between providers are settings of the catalog entry (claims, scopes), never
-//! code branches. The gateway asks only for what OpenID Connect gives every client (an ID
-//! token); it sends no RFC 8707 `resource` to the provider, since the provider's access
-//! token is not used.
+//! Differences between providers are settings of the catalog entry (claims, scopes,
+//! `token_resource`), never code branches. Besides the ID token, the gateway keeps the
+//! provider's access token and refresh token ([`LoginTokens`]): they travel sealed in the
+//! grant, so "Forward caller's token" and "On behalf of caller" can use the user's own
+//! provider token. When the catalog entry names a `token_resource`, the authorization and
+//! token requests (and every refresh) carry it as the RFC 8707 `resource`, so that access
+//! token is issued for the upstream API; without one (Entra ID refuses the parameter) the
+//! provider's default access token is kept, and scopes select its audience.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,8 @@ use url::Url;
 use crate::jwt::remote::RemoteJwks;
 use crate::jwt::token::{self, ClaimRules};
 use crate::jwt::{JwksPolicy, JwksRegistry, LEEWAY_SECS, TokenRejection};
-use crate::oauth::grant::UserIdentity;
+use crate::oauth::grant::{IdentityProviderTokens, UserIdentity};
+use crate::tokens::endpoint::TokenEndpointError;
 
 /// Discovery documents are fetched again after this long.
 pub const DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
@@ -42,6 +47,10 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// token stays well under the 8 KiB Authorization header limit.
 pub const MAX_GROUPS: usize = 64;
 pub const MAX_GROUP_CHARS: usize = 128;
+/// The lifetime assumed for a provider access token whose response has no `expires_in`.
+pub const DEFAULT_PROVIDER_TOKEN_LIFETIME_SECS: i64 = 300;
+/// Longer lifetimes are treated as this: the token is renewed at least daily.
+pub const MAX_PROVIDER_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityProviderError {
@@ -49,12 +58,76 @@ pub enum IdentityProviderError {
     Discovery(String),
     #[error("the code exchange failed: {0}")]
     Exchange(String),
+    #[error("the refresh of the provider's token failed: {0}")]
+    Refresh(RefreshFailure),
     #[error("the ID token was refused: {0}")]
     IdToken(TokenRejection),
     #[error("the ID token's nonce does not match this login")]
     Nonce,
     #[error("the ID token lacks a usable {0} claim")]
     Claim(String),
+}
+
+/// Why a refresh of the provider's token failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshFailure {
+    /// The provider refused the refresh token or the client (`invalid_grant`...): the user
+    /// must sign in again.
+    #[error("{0}")]
+    Permanent(String),
+    /// The provider could not be reached or failed; asking again later may work.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// What a login at the provider yielded.
+pub struct LoginTokens {
+    pub id_token: String,
+    /// `None` when the provider issued no access token (or not a Bearer one).
+    pub provider_tokens: Option<IdentityProviderTokens>,
+}
+
+impl std::fmt::Debug for LoginTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginTokens")
+            .field("provider_tokens", &self.provider_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider's access and refresh token from a token response. A token type other than
+/// Bearer (DPoP, for one) is not kept: the gateway could not present it.
+fn provider_tokens(
+    document: &Map<String, Value>,
+    resource: Option<String>,
+    provider: &IdentityProvider<SecretValue>,
+    now_unix: i64,
+) -> Option<IdentityProviderTokens> {
+    let text = |name: &str| {
+        document
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let access_token = text("access_token")?;
+    if text("token_type").is_some_and(|token_type| !token_type.eq_ignore_ascii_case("bearer")) {
+        tracing::warn!(identity_provider = %provider.id, "the provider's access token is not a Bearer token: not kept");
+        return None;
+    }
+    let expires_in = match document.get("expires_in") {
+        Some(Value::Number(number)) => number.as_i64(),
+        Some(Value::String(text)) => text.trim().parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(DEFAULT_PROVIDER_TOKEN_LIFETIME_SECS)
+    .clamp(0, MAX_PROVIDER_TOKEN_LIFETIME_SECS);
+    Some(IdentityProviderTokens {
+        access_token,
+        refresh_token: text("refresh_token"),
+        expires_at_unix: now_unix + expires_in,
+        resource: resource.or_else(|| provider.token_resource.clone()),
+    })
 }
 
 /// What discovery said about a provider, checked.
@@ -276,10 +349,13 @@ impl IdentityProviders {
             .append_pair("nonce", nonce)
             .append_pair("code_challenge", code_challenge)
             .append_pair("code_challenge_method", "S256");
+        if let Some(resource) = &provider.token_resource {
+            url.query_pairs_mut().append_pair("resource", resource);
+        }
         url
     }
 
-    /// Redeems the provider's code; returns its ID token.
+    /// Redeems the provider's code: its ID token, and its access and refresh tokens.
     pub async fn exchange(
         &self,
         metadata: &ProviderMetadata,
@@ -287,13 +363,86 @@ impl IdentityProviders {
         code: &str,
         redirect_uri: &str,
         code_verifier: &str,
-    ) -> Result<String, IdentityProviderError> {
+        now_unix: i64,
+    ) -> Result<LoginTokens, IdentityProviderError> {
         let mut form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),
             ("redirect_uri", redirect_uri.to_owned()),
             ("code_verifier", code_verifier.to_owned()),
         ];
+        if let Some(resource) = &provider.token_resource {
+            form.push(("resource", resource.clone()));
+        }
+        let document = self
+            .token_request(metadata, provider, form)
+            .await
+            .map_err(|error| IdentityProviderError::Exchange(error.to_string()))?;
+        let id_token = document
+            .get("id_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                IdentityProviderError::Exchange("the token response has no id_token".to_owned())
+            })?;
+        Ok(LoginTokens {
+            id_token,
+            provider_tokens: provider_tokens(&document, None, provider, now_unix),
+        })
+    }
+
+    /// Renews the provider's access token with its refresh token (rotated when the provider
+    /// rotates it, else kept), for the same resource.
+    pub async fn refresh(
+        &self,
+        metadata: &ProviderMetadata,
+        provider: &IdentityProvider<SecretValue>,
+        tokens: &IdentityProviderTokens,
+        now_unix: i64,
+    ) -> Result<IdentityProviderTokens, IdentityProviderError> {
+        let refresh_token = tokens.refresh_token.clone().ok_or_else(|| {
+            IdentityProviderError::Refresh(RefreshFailure::Permanent(
+                "the provider issued no refresh token".to_owned(),
+            ))
+        })?;
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token),
+        ];
+        if let Some(resource) = &tokens.resource {
+            form.push(("resource", resource.clone()));
+        }
+        let document = self
+            .token_request(metadata, provider, form)
+            .await
+            .map_err(|error| {
+                IdentityProviderError::Refresh(if error.is_permanent() {
+                    RefreshFailure::Permanent(error.to_string())
+                } else {
+                    RefreshFailure::Transient(error.to_string())
+                })
+            })?;
+        let mut renewed = provider_tokens(&document, tokens.resource.clone(), provider, now_unix)
+            .ok_or_else(|| {
+            IdentityProviderError::Refresh(RefreshFailure::Transient(
+                "the refresh response has no access_token".to_owned(),
+            ))
+        })?;
+        if renewed.refresh_token.is_none() {
+            renewed.refresh_token = tokens.refresh_token.clone();
+        }
+        Ok(renewed)
+    }
+
+    /// Posts to the provider's token endpoint with the gateway's client authentication, and
+    /// returns the JSON answer of a success. Errors name the status and the provider's error
+    /// code only.
+    async fn token_request(
+        &self,
+        metadata: &ProviderMetadata,
+        provider: &IdentityProvider<SecretValue>,
+        mut form: Vec<(&str, String)>,
+    ) -> Result<Map<String, Value>, TokenEndpointError> {
         let mut request = self
             .http
             .post(metadata.token_endpoint.clone())
@@ -338,13 +487,13 @@ impl IdentityProviders {
             .body(body)
             .send()
             .await
-            .map_err(|error| IdentityProviderError::Exchange(error.to_string()))?;
+            .map_err(|error| TokenEndpointError::Unreachable(error.without_url().to_string()))?;
         let status = response.status();
         let body = read_bounded(response)
             .await
-            .map_err(IdentityProviderError::Exchange)?;
+            .map_err(TokenEndpointError::Malformed)?;
         let document: Map<String, Value> = serde_json::from_slice(&body).map_err(|_| {
-            IdentityProviderError::Exchange(format!(
+            TokenEndpointError::Malformed(format!(
                 "the token endpoint answered {status} without JSON"
             ))
         })?;
@@ -355,19 +504,15 @@ impl IdentityProviders {
                 .and_then(Value::as_str)
                 .unwrap_or("(no error code)")
                 .chars()
+                .filter(char::is_ascii_graphic)
                 .take(64)
                 .collect::<String>();
-            return Err(IdentityProviderError::Exchange(format!(
-                "the token endpoint answered {status} {error}"
-            )));
+            return Err(TokenEndpointError::Refused {
+                status: status.as_u16(),
+                error,
+            });
         }
-        document
-            .get("id_token")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                IdentityProviderError::Exchange("the token response has no id_token".to_owned())
-            })
+        Ok(document)
     }
 
     /// Verifies an ID token and reads the user from it.
@@ -578,5 +723,19 @@ pub(crate) mod tests {
             "https://gw.example.com/oauth/callback"
         );
         assert!(!pairs.contains_key("resource"));
+
+        // With a token resource, the login asks for the provider's token for it (RFC 8707).
+        let mut with_resource = provider.clone();
+        with_resource.token_resource = Some("https://search.example.com".to_owned());
+        let url = IdentityProviders::authorization_url(
+            &metadata,
+            &with_resource,
+            "https://gw.example.com/oauth/callback",
+            "state-1",
+            "nonce-1",
+            "challenge-1",
+        );
+        let pairs: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs["resource"], "https://search.example.com");
     }
 }

@@ -3,9 +3,10 @@
 //! the AES-256 sealing keys for self-contained values.
 //!
 //! Sealed values ([`GatewayKeyring::seal`], [`GatewayKeyring::open`]) are how a node stays
-//! stateless: client registrations, consent requests, login state, authorization codes and
-//! refresh tokens carry everything the next step needs, encrypted and authenticated under
-//! the fleet's active sealing key. Any node of the fleet opens what another sealed.
+//! stateless: client registrations, consent requests, login state, authorization codes,
+//! refresh tokens and the identity provider's token inside access tokens carry everything
+//! the next step needs, encrypted and authenticated under the fleet's active sealing key.
+//! Any node of the fleet opens what another sealed.
 //!
 //! Format: `<prefix>.<base64url(kid length, kid, nonce, ciphertext, tag)>`. The prefix names
 //! the purpose; the associated data binds the ciphertext to the purpose and the kid, so a
@@ -54,6 +55,8 @@ pub enum Purpose {
     LoginState,
     AuthorizationCode,
     RefreshToken,
+    /// The identity provider's access token, as a claim of the gateway's access tokens.
+    IdentityProviderToken,
 }
 
 impl Purpose {
@@ -65,6 +68,7 @@ impl Purpose {
             Purpose::LoginState => "pcs1",
             Purpose::AuthorizationCode => "pca1",
             Purpose::RefreshToken => "pcr1",
+            Purpose::IdentityProviderToken => "pci1",
         }
     }
 

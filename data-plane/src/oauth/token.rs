@@ -29,6 +29,7 @@ use crate::oauth::grant::{
     mint_access_token,
 };
 use crate::oauth::http::{OAuthError, Parameters, json_no_store, read_form};
+use crate::oauth::identity_provider::{IdentityProviderError, RefreshFailure};
 use crate::oauth::keyring::{GatewayKeyring, Purpose};
 use crate::oauth::pkce_matches;
 use crate::oauth::runtime::{OnceNamespace, RuntimeClient};
@@ -36,6 +37,9 @@ use crate::proxy::NodeState;
 
 /// Consumed-value records are kept a little past the value's expiry, for clock skew.
 const CONSUME_SKEW_SECS: i64 = 60;
+/// The identity provider's token is renewed when it would expire less than this long after
+/// the access token being minted.
+const PROVIDER_TOKEN_RENEWAL_SKEW_SECS: i64 = 60;
 
 /// `POST /oauth/token`.
 pub async fn token(State(node): State<Arc<NodeState>>, request: Request) -> Response {
@@ -350,7 +354,85 @@ async fn refresh(
             "the refresh token was already used; the grant is revoked, sign in again",
         ));
     }
-    token_response(server, keys, &token.grant, narrowed, now)
+    let grant = renew_identity_provider_tokens(server, snapshot, token.grant, now).await?;
+    token_response(server, keys, &grant, narrowed, now)
+}
+
+/// Renews the identity provider's access token kept in the grant when it would expire
+/// before the access token about to be minted (plus a minute), with the provider's refresh
+/// token and for the same resource.
+///
+/// It runs after the gateway's refresh token was consumed, so a provider refresh happens at
+/// most once per gateway refresh across the fleet: two racing uses of one gateway refresh
+/// token never both reach the provider, whose rotating refresh tokens would count that as
+/// reuse. A provider that refuses the refresh token (`invalid_grant`: the user's session
+/// there ended) ends the gateway grant too: the client must sign in again. A provider that
+/// cannot be reached leaves the old token in the grant; the new access token then lives
+/// only [`MIN_ACCESS_TOKEN_LIFETIME_SECS`](crate::oauth::grant::MIN_ACCESS_TOKEN_LIFETIME_SECS)
+/// longer than it, and the next refresh tries again.
+async fn renew_identity_provider_tokens(
+    server: &AuthorizationServer,
+    snapshot: &CompiledSnapshot,
+    mut grant: Grant,
+    now: i64,
+) -> Result<Grant, OAuthError> {
+    let Some(tokens) = &grant.identity_provider_tokens else {
+        return Ok(grant);
+    };
+    let lifetime = i64::try_from(server.settings.access_token_lifetime.as_secs()).unwrap_or(600);
+    if tokens.expires_at_unix > now + lifetime + PROVIDER_TOKEN_RENEWAL_SKEW_SECS
+        || tokens.refresh_token.is_none()
+    {
+        return Ok(grant);
+    }
+    let Some(provider) = snapshot
+        .source
+        .identity_providers
+        .iter()
+        .find(|(id, _)| id.as_str() == grant.user.identity_provider)
+        .map(|(_, provider)| provider)
+    else {
+        return Ok(grant);
+    };
+    let renewed = match server.identity_providers.metadata(provider).await {
+        Ok(metadata) => {
+            server
+                .identity_providers
+                .refresh(&metadata, provider, tokens, now)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    match renewed {
+        Ok(renewed) => {
+            tracing::info!(
+                identity_provider = %provider.id,
+                grant_id = %grant.grant_id,
+                "the identity provider's token was renewed"
+            );
+            grant.identity_provider_tokens = Some(renewed);
+        }
+        Err(IdentityProviderError::Refresh(RefreshFailure::Permanent(reason))) => {
+            tracing::warn!(
+                identity_provider = %provider.id,
+                grant_id = %grant.grant_id,
+                %reason,
+                "the identity provider refused to renew the user's token: the user signs in again"
+            );
+            return Err(OAuthError::invalid_grant(
+                "the identity provider ended the sign-in; sign in again",
+            ));
+        }
+        Err(error) => {
+            tracing::warn!(
+                identity_provider = %provider.id,
+                grant_id = %grant.grant_id,
+                %error,
+                "the identity provider's token could not be renewed now: kept, tried again at the next refresh"
+            );
+        }
+    }
+    Ok(grant)
 }
 
 /// The grant an access token of this gateway belongs to: its `sid`, client and a bound on

@@ -139,6 +139,7 @@ pub fn grant(subject: &str, server: &str, client_id: &str) -> Grant {
         user: user(subject),
         issued_at_unix: unix_now(),
         expires_at_unix: unix_now() + 86_400,
+        identity_provider_tokens: None,
     }
 }
 
