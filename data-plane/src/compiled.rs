@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use portcullis_shared::config::{McpServer, OutboundHeader};
+use portcullis_shared::config::McpServer;
 use portcullis_shared::names::{HeaderPattern, ServerName};
 use portcullis_shared::secret::SecretValue;
 use portcullis_shared::snapshot::Snapshot;
@@ -24,6 +24,7 @@ use crate::jwt::JwksRegistry;
 use crate::oauth::keyring::GatewayKeyring;
 use crate::proxy::agent_auth::AgentAuthPlan;
 use crate::proxy::app_auth::{AppAuthPlan, UpstreamQuery};
+use crate::proxy::outbound_headers::OutboundHeadersPlan;
 
 /// A snapshot compiled for the request path.
 #[derive(Debug)]
@@ -90,8 +91,8 @@ pub struct CompiledServer {
     pub app_auth: AppAuthPlan,
     /// `AppAuth::kind_name`, for records and metrics.
     pub app_auth_kind: &'static str,
-    /// Applied by the additional-outbound-headers step (not yet implemented).
-    pub outbound_headers: Vec<OutboundHeader<SecretValue>>,
+    /// The additional outbound headers (step 6).
+    pub outbound_headers: OutboundHeadersPlan,
 }
 
 impl CompiledServer {
@@ -120,24 +121,36 @@ impl CompiledServer {
         let app_auth = AppAuthPlan::compile(&server.app_auth)
             .map_err(|nested| errors.extend_prefixed("app_auth", nested))
             .ok();
-        if !server.outbound_headers.is_empty() {
+        let outbound_headers = OutboundHeadersPlan::compile(&server.outbound_headers)
+            .map_err(|nested| errors.extend_prefixed("", nested))
+            .ok();
+        if let (Some(plan), Some(AgentAuthPlan::PassthroughUnchecked)) =
+            (&outbound_headers, &agent_auth)
+            && plan.needs_verified_caller()
+        {
             tracing::warn!(
                 server = %server.name,
-                count = server.outbound_headers.len(),
-                "additional outbound headers are not applied by this node version"
+                "outbound headers use the caller's token or identity, but the server does not verify callers: its requests will be refused"
             );
         }
-        match (upstream, agent_auth, app_auth) {
-            (Some(upstream), Some(agent_auth), Some(app_auth)) if errors.is_empty() => Ok(Self {
-                name: server.name.clone(),
-                upstream,
-                allowed_origins: server.allowed_origins.iter().cloned().collect(),
-                agent_auth,
-                restricted_inbound_headers: server.agent_auth.restricted_inbound_headers.clone(),
-                app_auth,
-                app_auth_kind: server.app_auth.kind_name(),
-                outbound_headers: server.outbound_headers.clone(),
-            }),
+        match (upstream, agent_auth, app_auth, outbound_headers) {
+            (Some(upstream), Some(agent_auth), Some(app_auth), Some(outbound_headers))
+                if errors.is_empty() =>
+            {
+                Ok(Self {
+                    name: server.name.clone(),
+                    upstream,
+                    allowed_origins: server.allowed_origins.iter().cloned().collect(),
+                    agent_auth,
+                    restricted_inbound_headers: server
+                        .agent_auth
+                        .restricted_inbound_headers
+                        .clone(),
+                    app_auth,
+                    app_auth_kind: server.app_auth.kind_name(),
+                    outbound_headers,
+                })
+            }
             _ => Err(errors),
         }
     }

@@ -63,6 +63,10 @@ pub struct RequestRecord {
     pub caller_presented_credential: bool,
     /// `AppAuth::kind_name` of the server, once the server is known.
     pub app_auth_kind: Option<&'static str>,
+    /// The additional outbound headers applied to the upstream request, by name and
+    /// pattern; never a value. Empty when none are configured or the request was refused
+    /// before they were applied.
+    pub outbound_headers: Vec<AppliedHeader>,
     pub outcome: Outcome,
     pub error_code: Option<ErrorCode>,
     /// The status the caller got.
@@ -72,6 +76,24 @@ pub struct RequestRecord {
     pub response_head_ms: u64,
     /// From the start of the request until the response body ended.
     pub total_ms: u64,
+}
+
+/// An additional outbound header as records name it: the header and its pattern
+/// (`OutboundSource::kind_name`: `service_token`, `forward_caller_token`, `on_behalf_of`,
+/// `vault_credential`, `caller_identity`, `custom`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedHeader {
+    pub name: String,
+    pub kind: &'static str,
+}
+
+/// `name:kind` pairs joined with `,`, for log lines.
+pub fn applied_headers_text(headers: &[AppliedHeader]) -> String {
+    headers
+        .iter()
+        .map(|header| format!("{}:{}", header.name, header.kind))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Where records go. Called once per request, on the request's task or where its response
@@ -100,6 +122,7 @@ impl RecordSink for TracingRecordSink {
             agent_auth_rejection = record.agent_auth_rejection.unwrap_or(""),
             caller_presented_credential = record.caller_presented_credential,
             credential_kind = record.app_auth_kind.unwrap_or(""),
+            outbound_headers = %applied_headers_text(&record.outbound_headers),
             outcome = record.outcome.as_str(),
             error_code = record.error_code.map(ErrorCode::as_str).unwrap_or(""),
             status = record.status,
@@ -149,6 +172,7 @@ impl RecordBuilder {
                 agent_auth_rejection: None,
                 caller_presented_credential: false,
                 app_auth_kind: None,
+                outbound_headers: Vec::new(),
                 outcome: Outcome::Rejected,
                 error_code: None,
                 status: 0,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::jwt::TokenRejection;
 use crate::oauth::resource::ResourceChallenge;
+use crate::proxy::outbound_headers::OutboundHeaderError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,6 +62,9 @@ pub enum ProxyError {
     InvalidJsonRpc(&'static str),
     #[error("app authentication {0} is not supported by this node version")]
     AppAuthNotSupported(&'static str),
+    /// An additional outbound header could not be produced; nothing was forwarded.
+    #[error("{0}")]
+    OutboundHeader(OutboundHeaderError),
     #[error("upstream unreachable")]
     UpstreamUnreachable(#[source] BoxError),
     #[error("upstream did not send response headers within {0:?}")]
@@ -82,6 +86,7 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed(_)
             | ProxyError::InsufficientScope(_) => ErrorCode::PermissionDenied,
             ProxyError::AppAuthNotSupported(_) => ErrorCode::Unimplemented,
+            ProxyError::OutboundHeader(error) => error.code(),
             ProxyError::Unauthenticated(_) | ProxyError::InteractiveUnauthenticated { .. } => {
                 ErrorCode::Unauthenticated
             }
@@ -117,6 +122,7 @@ impl ProxyError {
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
             | ProxyError::AppAuthNotSupported(_)
+            | ProxyError::OutboundHeader(_)
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed(_) => JSONRPC_GATEWAY_ERROR,
@@ -133,6 +139,7 @@ impl ProxyError {
             ProxyError::OriginNotAllowed(_) => "origin not allowed".to_owned(),
             ProxyError::UpstreamTimeout(_) => "upstream did not respond in time".to_owned(),
             ProxyError::Internal(_) => "internal error".to_owned(),
+            ProxyError::OutboundHeader(error) => error.public_message(),
             ProxyError::NotReady
             | ProxyError::UnknownServer
             | ProxyError::Unauthenticated(_)

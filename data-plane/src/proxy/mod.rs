@@ -41,6 +41,7 @@ use crate::oauth::{AuthorizationServer, Issuer, OAuthSettings};
 use crate::proxy::app_auth::AppAuthPlan;
 use crate::proxy::error::ProxyError;
 use crate::proxy::host_origin::HostPolicy;
+use crate::proxy::outbound_headers::{OutboundContext, OutboundServices};
 use crate::proxy::upstream::{StreamedBody, UpstreamClient};
 use crate::record::{Outcome, RecordBuilder, RecordSink};
 
@@ -54,6 +55,9 @@ pub struct NodeState {
     pub limits: ProxyLimits,
     pub records: Arc<dyn RecordSink>,
     pub oauth: AuthorizationServer,
+    /// Token caches and per-user credential lookups of the additional outbound headers
+    /// (step 6); the service-token cache is meant for app authentication too.
+    pub outbound: Arc<OutboundServices>,
 }
 
 impl NodeState {
@@ -93,6 +97,11 @@ impl NodeState {
             limits,
             records,
             oauth,
+            outbound: Arc::new(OutboundServices::new(
+                crate::tokens::endpoint::http_client()
+                    // As reqwest::Client::new: only a TLS backend that cannot start fails.
+                    .expect("the token endpoint HTTP client builds"),
+            )),
         }
     }
 }
@@ -255,11 +264,25 @@ async fn forward(
         .app_auth
         .apply(&caller, &parts.headers, &mut headers, &mut query)?;
 
-    // 6. Additional outbound headers (not implemented yet, see the module). After app
-    //    authentication: they come on top of it and may need the caller's identity (from
-    //    step 3: its token for "Forward caller's token", its claims for "Pass caller
-    //    identity").
-    outbound_headers::apply(server, &caller, &mut headers)?;
+    // 6. Additional outbound headers. After app authentication: they come on top of it
+    //    (shared validation keeps them off its header) and replace same-named headers the
+    //    caller sent. They may need the caller from step 3: its token for "Forward caller's
+    //    token" and "On behalf of caller", its claims for "Pass caller identity" and
+    //    templates, its user id for per-user credentials. All or nothing: a header that
+    //    cannot be produced refuses the request.
+    if !server.outbound_headers.is_empty() {
+        let context = OutboundContext {
+            services: &node.outbound,
+            snapshot,
+            runtime: node.oauth.runtime.as_ref(),
+            now_unix: crate::jwt::unix_now(),
+        };
+        record.fields().outbound_headers = server
+            .outbound_headers
+            .apply(&context, &caller, &mut headers)
+            .await
+            .map_err(ProxyError::OutboundHeader)?;
+    }
 
     // 7. Stream to the upstream. Last, with everything decided; the response head is
     //    awaited with a timeout, the body streams back untouched.
@@ -360,7 +383,8 @@ fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Resp
         | ProxyError::BodyRead(_)
         | ProxyError::JsonParse(_)
         | ProxyError::InvalidJsonRpc(_)
-        | ProxyError::AppAuthNotSupported(_) => {
+        | ProxyError::AppAuthNotSupported(_)
+        | ProxyError::OutboundHeader(_) => {
             tracing::info!(error = %ErrorChain(&error), "request refused");
             Outcome::Rejected
         }

@@ -38,11 +38,13 @@ impl<V> Cached<V> {
     fn new(value: V, fetched_at: Instant, lifetime: Duration, refresh_skew: Duration) -> Self {
         let refresh_after = lifetime.saturating_sub(refresh_skew).max(lifetime / 2);
         let margin = (lifetime / 10).min(Duration::from_secs(10));
+        let usable_until = fetched_at + lifetime - margin;
         Self {
             value,
             expires_at: fetched_at + lifetime,
-            refresh_at: fetched_at + refresh_after,
-            usable_until: fetched_at + lifetime - margin,
+            // A value is never "fresh" once it stopped being usable.
+            refresh_at: (fetched_at + refresh_after).min(usable_until),
+            usable_until,
         }
     }
 
@@ -401,6 +403,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fresh.value, "token-2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_skew_a_value_lives_its_lifetime_less_the_margin() {
+        let cache: Cache = TokenCache::new(16, Duration::ZERO, Duration::from_secs(1));
+        let fetches = AtomicUsize::new(0);
+        let minute = Duration::from_secs(60);
+        cache
+            .get(&"a", || fetch_counting(&fetches, minute))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(53)).await;
+        let kept = cache
+            .get(&"a", || fetch_counting(&fetches, minute))
+            .await
+            .unwrap();
+        assert_eq!(kept.value, "token-1");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let renewed = cache
+            .get(&"a", || fetch_counting(&fetches, minute))
+            .await
+            .unwrap();
+        assert_eq!(renewed.value, "token-2");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,103 @@
+//! Users' own values of stored credentials ("Stored API key / credential", matched per
+//! user), looked up through the control plane's `NodeRuntime.GetUserCredential` and cached.
+//!
+//! The cache is keyed by the snapshot version, the credential and the user (identity
+//! provider or issuer, and subject), so user A's value is never served to user B, and a
+//! value a user stores or deletes (a configuration change, hence a new snapshot) is used by
+//! the next request. Entries live at most [`LOOKUP_LIFETIME`], at most
+//! [`MAX_CACHED_LOOKUPS`] of them; "no value of their own" is cached as well, so a user
+//! without one does not cost a control-plane call per request. Concurrent lookups of one
+//! key share one call.
+
+use std::time::Duration;
+
+use portcullis_shared::names::CatalogId;
+use portcullis_shared::secret::SecretValue;
+
+use crate::oauth::runtime::{RuntimeClient, VaultUser};
+use crate::tokens::cache::TokenCache;
+
+/// At most this many (snapshot, credential, user) lookups are cached.
+pub const MAX_CACHED_LOOKUPS: usize = 10_000;
+/// A lookup is reused this long.
+pub const LOOKUP_LIFETIME: Duration = Duration::from_secs(60);
+/// After a failed lookup, that user's requests get the failure for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a user's value could not be looked up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserCredentialError {
+    #[error("the node has no control plane to ask")]
+    NoControlPlane,
+    #[error("{0}")]
+    Runtime(String),
+}
+
+type LookupKey = (u64, CatalogId, String);
+
+/// See the module documentation.
+pub struct UserCredentialCache {
+    lookups: TokenCache<LookupKey, Option<SecretValue>, UserCredentialError>,
+}
+
+impl std::fmt::Debug for UserCredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredentialCache")
+            .field("lookups", &self.lookups.len())
+            .finish()
+    }
+}
+
+impl Default for UserCredentialCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UserCredentialCache {
+    pub fn new() -> Self {
+        Self::with_capacity(MAX_CACHED_LOOKUPS)
+    }
+
+    pub fn with_capacity(max_entries: usize) -> Self {
+        Self {
+            // The skew does not matter for a fixed lifetime: half of it is the refresh point.
+            lookups: TokenCache::new(max_entries, Duration::ZERO, RETRY_AFTER),
+        }
+    }
+
+    /// The user's own value of `credential_id`, or `None` when they stored none. `user_key`
+    /// names the user unambiguously for the cache; `user` is how the control plane names
+    /// them.
+    pub async fn lookup(
+        &self,
+        runtime: Option<&RuntimeClient>,
+        snapshot_version: u64,
+        credential_id: &CatalogId,
+        user_key: &str,
+        user: &VaultUser,
+    ) -> Result<Option<SecretValue>, UserCredentialError> {
+        let key = (snapshot_version, credential_id.clone(), user_key.to_owned());
+        let cached = self
+            .lookups
+            .get(&key, || async {
+                let runtime = runtime.ok_or(UserCredentialError::NoControlPlane)?;
+                let value = runtime
+                    .get_user_credential(credential_id.as_str(), user)
+                    .await
+                    .map_err(|error| UserCredentialError::Runtime(error.to_string()))?;
+                Ok((value, LOOKUP_LIFETIME))
+            })
+            .await?;
+        Ok(cached.value)
+    }
+
+    /// How many lookups are cached.
+    pub fn len(&self) -> usize {
+        self.lookups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lookups.is_empty()
+    }
+}
