@@ -244,6 +244,14 @@ impl AuditLog {
         Ok((rows.len() as u32, duplicates))
     }
 
+    /// The sequence number of the last record (0 when the trail is empty).
+    pub fn last_sequence(&self) -> u64 {
+        self.head
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .sequence
+    }
+
     /// How far the trail has caught up with the configuration log.
     pub fn config_cursor(&self) -> Result<u64, AuditError> {
         Ok(self

@@ -12,6 +12,7 @@ use portcullis_proto::v1::config_discovery_server::ConfigDiscovery;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::compile::CompiledSnapshot;
 use crate::fleet::Fleet;
@@ -50,6 +51,21 @@ fn update(snapshot: &CompiledSnapshot) -> proto::SnapshotUpdate {
         nonce: uuid::Uuid::new_v4().to_string(),
         snapshot: Some(snapshot.message.clone()),
     }
+}
+
+/// Sends one snapshot to a node, in a `snapshot_push` span; false when the stream is gone.
+async fn push_snapshot(
+    outbound: &mpsc::Sender<Result<proto::SnapshotUpdate, Status>>,
+    push: proto::SnapshotUpdate,
+    node_id: &str,
+    version: u64,
+) -> bool {
+    let span = tracing::info_span!("snapshot_push", node = %node_id, version);
+    let sent = outbound.send(Ok(push)).instrument(span).await.is_ok();
+    if sent {
+        crate::observability::snapshot_pushed();
+    }
+    sent
 }
 
 /// Serves one node's stream until either side closes it.
@@ -112,7 +128,7 @@ async fn serve_node(
         let current = snapshots.borrow_and_update().clone();
         let push = update(&current);
         let nonce = push.nonce.clone();
-        if outbound.send(Ok(push)).await.is_err() {
+        if !push_snapshot(&outbound, push, &node_id, current.version).await {
             fleet.disconnected(&node_id, connection);
             return;
         }
@@ -127,7 +143,7 @@ async fn serve_node(
                 let current = snapshots.borrow_and_update().clone();
                 let push = update(&current);
                 pending_nonce = push.nonce.clone();
-                if outbound.send(Ok(push)).await.is_err() {
+                if !push_snapshot(&outbound, push, &node_id, current.version).await {
                     break;
                 }
             }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod fleet;
 pub mod keys;
+pub mod observability;
 pub mod oidc;
 pub mod runtime;
 pub mod secrets;

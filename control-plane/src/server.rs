@@ -141,6 +141,37 @@ impl ControlPlane {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
+        self.serve_with_http(listener, None, shutdown).await
+    }
+
+    /// Like [`Self::serve`], with the HTTP listener of `/metrics`, `/healthz` and `/readyz`
+    /// (`crate::observability`) on `http_listener` when there is one.
+    pub async fn serve_with_http(
+        self,
+        listener: TcpListener,
+        http_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_http = tokio_util::sync::CancellationToken::new();
+        let http = http_listener.map(|http_listener| {
+            let state = Arc::new(crate::observability::HttpState {
+                registry: crate::observability::registry(
+                    self.fleet.clone(),
+                    self.engine.subscribe_snapshots(),
+                    self.audit.clone(),
+                ),
+                serving: serving.clone(),
+            });
+            let server = axum::serve(http_listener, crate::observability::http_router(state))
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+            tokio::spawn(server.into_future())
+        });
+        let serving_flag = serving.clone();
+        let shutdown = async move {
+            shutdown.await;
+            serving_flag.store(false, std::sync::atomic::Ordering::Release);
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AdminServiceServer<AdminApi>>()
@@ -187,7 +218,9 @@ impl ControlPlane {
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.server_config()?)?;
         }
-        builder
+        serving.store(true, std::sync::atomic::Ordering::Release);
+        let served = builder
+            .layer(crate::observability::GrpcObservabilityLayer::default())
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
@@ -197,7 +230,13 @@ impl ControlPlane {
             .add_service(NodeRuntimeServer::new(runtime))
             .add_service(AuditIngestServer::new(ingest).max_decoding_message_size(MAX_AUDIT_BATCH))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await?;
+            .await;
+        serving.store(false, std::sync::atomic::Ordering::Release);
+        stop_http.cancel();
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        served?;
         Ok(())
     }
 }

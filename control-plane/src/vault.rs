@@ -443,7 +443,13 @@ impl Vault {
         if link.state == LinkState::Broken || Self::fresh_enough(&link, min_valid_secs) {
             return self.lookup(&link);
         }
-        self.refresh(key, link).await
+        let refreshed = self.refresh(key, link).await;
+        crate::observability::token_refreshed(match &refreshed {
+            Ok(TokenLookup::Broken { .. }) => "broken",
+            Ok(_) => "ok",
+            Err(_) => "failed",
+        });
+        refreshed
     }
 
     async fn refresh(&self, key: &LinkKey, link: Link) -> Result<TokenLookup, VaultError> {

@@ -54,6 +54,14 @@ pub mod env {
     pub const ALLOW_LOOPBACK_CLIENT_METADATA: &str =
         "PORTCULLIS_NODE_ALLOW_LOOPBACK_CLIENT_METADATA";
     pub const LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
+    pub const ADMIN_LISTEN: &str = "PORTCULLIS_NODE_ADMIN_LISTEN";
+    /// The standard OpenTelemetry variable.
+    pub const OTLP_ENDPOINT: &str = portcullis_shared::telemetry::OTLP_ENDPOINT_ENV;
+    pub const AUDIT_SPOOL_DIR: &str = "PORTCULLIS_NODE_AUDIT_SPOOL_DIR";
+    pub const AUDIT_SPOOL_MAX_BYTES: &str = "PORTCULLIS_NODE_AUDIT_SPOOL_MAX_BYTES";
+    pub const AUDIT_SPOOL_FULL: &str = "PORTCULLIS_NODE_AUDIT_SPOOL_FULL";
+    pub const AUDIT_FSYNC: &str = "PORTCULLIS_NODE_AUDIT_FSYNC";
+    pub const AUDIT_FSYNC_INTERVAL_MS: &str = "PORTCULLIS_NODE_AUDIT_FSYNC_INTERVAL_MS";
 }
 
 /// A source of named strings: the process environment, or a map in tests.
@@ -151,14 +159,39 @@ pub struct RawNodeConfig {
     /// [env: PORTCULLIS_NODE_ALLOW_LOOPBACK_CLIENT_METADATA=true]
     #[arg(long)]
     pub allow_loopback_client_metadata: bool,
+    /// Address of the admin listener: /metrics, /healthz, /readyz for the operator, kept
+    /// off the public listener [default: none] [env: PORTCULLIS_NODE_ADMIN_LISTEN]
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317
+    /// [default: no export] [env: OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// Directory of the audit spool [default: <state-dir>/audit-spool]
+    /// [env: PORTCULLIS_NODE_AUDIT_SPOOL_DIR]
+    #[arg(long)]
+    pub audit_spool_dir: Option<PathBuf>,
+    /// Bound of undelivered audit events on disk, at least 65536 [default: 1073741824]
+    /// [env: PORTCULLIS_NODE_AUDIT_SPOOL_MAX_BYTES]
+    #[arg(long)]
+    pub audit_spool_max_bytes: Option<String>,
+    /// When the audit spool is full: refuse (new requests get 503) or drop (events are
+    /// dropped and counted) [default: refuse] [env: PORTCULLIS_NODE_AUDIT_SPOOL_FULL]
+    #[arg(long)]
+    pub audit_spool_full: Option<String>,
+    /// always: a response completes only after its audit event is fsynced (group commit);
+    /// interval: after it is written, with an fsync every --audit-fsync-interval-ms
+    /// [default: always] [env: PORTCULLIS_NODE_AUDIT_FSYNC]
+    #[arg(long)]
+    pub audit_fsync: Option<String>,
+    /// Period of the fsync under --audit-fsync interval [default: 100]
+    /// [env: PORTCULLIS_NODE_AUDIT_FSYNC_INTERVAL_MS]
+    #[arg(long)]
+    pub audit_fsync_interval_ms: Option<String>,
 }
 
-/// How log lines are written (always to stderr; stdout carries only the listening line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+/// How log lines are written (always to stderr; stdout carries only the listening lines).
+pub use portcullis_shared::telemetry::LogFormat;
 
 /// Where the node gets its configuration from.
 #[derive(Debug, Clone)]
@@ -207,6 +240,44 @@ pub struct NodeConfig {
     pub allowed_upstream_hosts: UpstreamHostAllowlist,
     /// Interactive SSO: the authorization server's settings.
     pub oauth: OAuthSettings,
+    /// `/metrics`, `/healthz`, `/readyz` for the operator; `None`: not served.
+    pub admin_listen: Option<SocketAddr>,
+    /// Where traces go (OTLP/gRPC); `None`: not exported.
+    pub otlp_endpoint: Option<Url>,
+    pub audit: AuditSettings,
+}
+
+/// The audit spool's settings (see `crate::audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// `None`: `<state-dir>/audit-spool`.
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub when_full: crate::audit::FullPolicy,
+    pub fsync: crate::audit::FsyncPolicy,
+}
+
+pub const DEFAULT_AUDIT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub const DEFAULT_AUDIT_FSYNC_INTERVAL_MS: u64 = 100;
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_AUDIT_SPOOL_MAX_BYTES,
+            when_full: crate::audit::FullPolicy::Refuse,
+            fsync: crate::audit::FsyncPolicy::Always,
+        }
+    }
+}
+
+impl AuditSettings {
+    /// The spool folder for a node whose state lives in `state_dir`.
+    pub fn spool_dir(&self, state_dir: &Path) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("audit-spool"))
+    }
 }
 
 /// The upstream hosts this node proxies to: a guard against server-side request forgery by
@@ -587,12 +658,70 @@ impl RawNodeConfig {
             0,
         ));
 
-        let log_format = match pick(self.log_format, env::LOG_FORMAT).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                errors.push("log_format", format!("must be text or json, got {other:?}"));
+        let log_format = match pick(self.log_format, env::LOG_FORMAT) {
+            None => LogFormat::Text,
+            Some(text) => LogFormat::parse(&text).unwrap_or_else(|message| {
+                errors.push("log_format", message);
                 LogFormat::Text
+            }),
+        };
+        let admin_listen = pick(self.admin_listen, env::ADMIN_LISTEN).and_then(|text| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| {
+                    errors.push("admin_listen", format!("not an ip:port address: {text:?}"))
+                })
+                .ok()
+        });
+        let otlp_endpoint = pick(self.otlp_endpoint, env::OTLP_ENDPOINT)
+            .filter(|text| !text.trim().is_empty())
+            .and_then(|text| {
+                portcullis_shared::telemetry::parse_otlp_endpoint(&text)
+                    .map_err(|message| errors.push("otlp_endpoint", message))
+                    .ok()
+            });
+        let audit = {
+            use crate::audit::{FsyncPolicy, FullPolicy};
+            let spool_max_bytes = parse_number(
+                &mut errors,
+                "audit_spool_max_bytes",
+                pick(self.audit_spool_max_bytes, env::AUDIT_SPOOL_MAX_BYTES),
+                DEFAULT_AUDIT_SPOOL_MAX_BYTES,
+                crate::audit::spool::MIN_MAX_BYTES,
+            );
+            let when_full = match pick(self.audit_spool_full, env::AUDIT_SPOOL_FULL).as_deref() {
+                None | Some("refuse") => FullPolicy::Refuse,
+                Some("drop") => FullPolicy::Drop,
+                Some(other) => {
+                    errors.push(
+                        "audit_spool_full",
+                        format!("must be refuse or drop, got {other:?}"),
+                    );
+                    FullPolicy::Refuse
+                }
+            };
+            let interval_ms = parse_number(
+                &mut errors,
+                "audit_fsync_interval_ms",
+                pick(self.audit_fsync_interval_ms, env::AUDIT_FSYNC_INTERVAL_MS),
+                DEFAULT_AUDIT_FSYNC_INTERVAL_MS,
+                1,
+            );
+            let fsync = match pick(self.audit_fsync, env::AUDIT_FSYNC).as_deref() {
+                None | Some("always") => FsyncPolicy::Always,
+                Some("interval") => FsyncPolicy::Interval(Duration::from_millis(interval_ms)),
+                Some(other) => {
+                    errors.push(
+                        "audit_fsync",
+                        format!("must be always or interval, got {other:?}"),
+                    );
+                    FsyncPolicy::Always
+                }
+            };
+            AuditSettings {
+                spool_dir: pick_path(self.audit_spool_dir, env::AUDIT_SPOOL_DIR),
+                spool_max_bytes,
+                when_full,
+                fsync,
             }
         };
 
@@ -658,6 +787,9 @@ impl RawNodeConfig {
                     log_format,
                     allowed_upstream_hosts,
                     oauth,
+                    admin_listen,
+                    otlp_endpoint,
+                    audit,
                 })
             }
             _ => Err(errors),

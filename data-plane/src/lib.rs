@@ -11,14 +11,20 @@
 //!   server (login delegated to the identity provider by OIDC), and the validation of the
 //!   access tokens it issues.
 //! - [`record`]: the structured record every proxied request produces.
+//! - [`audit`]: records as audit events: the on-disk spool and the delivery to the control
+//!   plane.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener that serves them.
 //! - [`tokens`]: tokens the node obtains itself (client credentials, token exchange), cached
 //!   with single-flight refresh.
 //! - [`node`]: startup, serving and graceful shutdown.
 
+pub mod admin;
+pub mod audit;
 pub mod compiled;
 pub mod config;
 pub mod discovery;
 pub mod jwt;
+pub mod metrics;
 pub mod node;
 pub mod oauth;
 pub mod proxy;

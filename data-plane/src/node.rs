@@ -10,14 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use url::Url;
 
+use crate::audit::{
+    AuditCollector, AuditRecordSink, Delivery, DeliveryOptions, Spool, SpoolOptions,
+};
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::{NodeConfig, UpstreamHostAllowlist};
 use crate::discovery::{BackoffPolicy, DiscoveryClient, DiscoveryOptions};
 use crate::jwt::{JwksPolicy, JwksRegistry};
+use crate::metrics::NodeMetrics;
 use crate::oauth::runtime::RuntimeClient;
 use crate::oauth::{AuthorizationServer, Issuer};
 use crate::proxy::{NodeState, router};
-use crate::record::TracingRecordSink;
 use crate::store::SnapshotStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,12 @@ pub enum StartError {
     OAuthClient(#[source] reqwest::Error),
     #[error("cannot set up runtime calls to the control plane: {0}")]
     Runtime(#[source] crate::oauth::runtime::RuntimeError),
+    #[error("cannot open the audit spool: {0}")]
+    AuditSpool(#[source] crate::audit::spool::SpoolError),
+    #[error("cannot set up audit delivery: {0}")]
+    AuditDelivery(#[source] crate::audit::delivery::DeliveryError),
+    #[error("the audit spool task failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
 }
 
 /// A node whose listener is bound and whose persisted snapshot (if any) is loaded.
@@ -47,13 +56,40 @@ pub struct Node {
     state: Arc<NodeState>,
     discovery: DiscoveryClient,
     drain_timeout: Duration,
+    spool: Spool,
+    delivery: Delivery,
+    /// The admin listener and what it serves.
+    admin: Option<(TcpListener, Arc<crate::admin::AdminState>)>,
 }
+
+/// Once the HTTP server has drained, delivery gets at most this long to empty the spool;
+/// what is left is delivered after the next start.
+const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Loads the persisted snapshot, then binds. The snapshot comes first so the node is
     /// ready the moment it accepts connections, even with no control plane in reach.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
         let store = SnapshotStore::new(&config.state_dir, config.state_key.clone());
+        // The spool before the listener: events left by the last run are found (and a
+        // broken spool stops the start) before the first request.
+        let spool_options = SpoolOptions {
+            dir: config.audit.spool_dir(&config.state_dir),
+            max_bytes: config.audit.spool_max_bytes,
+            fsync: config.audit.fsync,
+            when_full: config.audit.when_full,
+        };
+        let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_options))
+            .await
+            .map_err(StartError::Join)?
+            .map_err(StartError::AuditSpool)?;
+        info!(
+            events = recovered.events,
+            bytes = recovered.bytes,
+            segments = recovered.segments,
+            torn_bytes = recovered.torn_bytes,
+            "audit spool opened"
+        );
         let jwks =
             Arc::new(JwksRegistry::new(JwksPolicy::default()).map_err(StartError::JwksClient)?);
         let slot = Arc::new(SnapshotSlot::new(
@@ -80,15 +116,50 @@ impl Node {
         .map_err(StartError::Runtime)?;
         let oauth = AuthorizationServer::new(Issuer::new(&public_url), config.oauth, Some(runtime))
             .map_err(StartError::OAuthClient)?;
-        let state = Arc::new(NodeState::with_authorization_server(
+        let metrics = Arc::new(NodeMetrics::default());
+        let mut state = NodeState::with_authorization_server(
             &config.node_id,
             &public_url,
             local_address,
             slot.clone(),
             config.limits,
-            Arc::new(TracingRecordSink),
+            Arc::new(AuditRecordSink::new(spool.clone(), metrics.clone())),
             oauth,
-        ));
+        );
+        state.metrics = metrics.clone();
+        let state = Arc::new(state);
+        let delivery = Delivery::new(
+            spool.clone(),
+            DeliveryOptions::new(
+                config.control_plane.url.clone(),
+                config.control_plane.ca_pem.clone(),
+                config.control_plane.node_token.clone(),
+            ),
+        )
+        .map_err(StartError::AuditDelivery)?;
+        let admin = match config.admin_listen {
+            None => None,
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind { address, source })?;
+                let registry = crate::metrics::registry(
+                    &metrics,
+                    slot.clone(),
+                    vec![Box::new(AuditCollector {
+                        spool: spool.clone(),
+                        delivery: delivery.status(),
+                    })],
+                );
+                Some((
+                    listener,
+                    Arc::new(crate::admin::AdminState {
+                        node: state.clone(),
+                        registry,
+                    }),
+                ))
+            }
+        };
         let discovery = DiscoveryClient::new(
             DiscoveryOptions {
                 node_id: config.node_id,
@@ -109,6 +180,9 @@ impl Node {
             state,
             discovery,
             drain_timeout: config.drain_timeout,
+            spool,
+            delivery,
+            admin,
         })
     }
 
@@ -116,10 +190,29 @@ impl Node {
         self.local_address
     }
 
+    /// The admin listener's address, when `--admin-listen` is set.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, gives open requests the
     /// drain timeout to finish (SSE streams may never finish on their own) and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let discovery = tokio::spawn(self.discovery.run(shutdown.child_token()));
+        // Delivery outlives the HTTP drain (see below), so it has tokens of its own.
+        let delivery_drain = CancellationToken::new();
+        let delivery_stop = CancellationToken::new();
+        let mut delivery = tokio::spawn(
+            self.delivery
+                .run(delivery_drain.clone(), delivery_stop.clone()),
+        );
+        let admin = self.admin.map(|(listener, state)| {
+            let server = axum::serve(listener, crate::admin::router(state))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::spawn(server.into_future())
+        });
         let server = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = tokio::spawn(server.into_future());
@@ -139,6 +232,28 @@ impl Node {
         };
         // The discovery client stops on the same signal; it holds no request state.
         discovery.abort();
+        // Every response is complete or cut: sync what the spool holds, then give delivery
+        // a moment to empty it.
+        let spool = self.spool.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || spool.sync_now()).await {
+            error!(%error, "the last sync of the audit spool failed");
+        }
+        delivery_drain.cancel();
+        if tokio::time::timeout(FINAL_DELIVERY_TIMEOUT, &mut delivery)
+            .await
+            .is_err()
+        {
+            let (events, _) = self.spool.depth();
+            warn!(
+                events,
+                "audit events left in the spool: they are delivered after the next start"
+            );
+            delivery_stop.cancel();
+            delivery.abort();
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         match result {
             Ok(served) => served,
             Err(join_error) => Err(std::io::Error::other(join_error)),

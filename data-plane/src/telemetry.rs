@@ -1,21 +1,19 @@
-//! Log setup. Logs go to stderr; stdout carries only the listening line.
+//! Logs and traces of the node, set up by the shared telemetry module: log lines on stderr
+//! (stdout carries only the listening lines), spans exported over OTLP/gRPC when an
+//! endpoint is configured, with the node id as `service.instance.id`.
 
-use std::io::IsTerminal;
+use portcullis_shared::telemetry::{TelemetryConfig, init as init_shared};
+pub use portcullis_shared::telemetry::{TelemetryError, TelemetryGuard};
 
-use tracing_subscriber::EnvFilter;
+use crate::config::NodeConfig;
 
-use crate::config::LogFormat;
-
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a person at a terminal; files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Installs the global subscriber. Call it inside the Tokio runtime: the OTLP exporter's
+/// gRPC client runs on it.
+pub fn init(config: &NodeConfig) -> Result<TelemetryGuard, TelemetryError> {
+    init_shared(TelemetryConfig {
+        service_name: "portcullis-node",
+        service_instance_id: Some(config.node_id.clone()),
+        log_format: config.log_format,
+        otlp_endpoint: config.otlp_endpoint.clone(),
+    })
 }

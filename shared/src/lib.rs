@@ -15,5 +15,7 @@ pub mod glob;
 pub mod names;
 pub mod secret;
 pub mod snapshot;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod template;
 pub mod validate;

@@ -154,13 +154,30 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts on a loopback port the OS chooses.
     pub async fn start(files: &Arc<GatewayFiles>) -> anyhow::Result<Self> {
-        Self::start_listening_on(files, "127.0.0.1:0").await
+        Self::start_listening_on(files, "127.0.0.1:0", &[]).await
+    }
+
+    /// Like [`Self::start`], with extra flags (e.g. `--http-listen 127.0.0.1:0`).
+    pub async fn start_with_args(
+        files: &Arc<GatewayFiles>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_listening_on(files, "127.0.0.1:0", extra_args).await
     }
 
     /// Starts on `address`, e.g. the address of a previous run, so nodes that were given
     /// that URL find it again. Fails with [`PortTaken`] when another process holds it.
     pub async fn start_on(files: &Arc<GatewayFiles>, address: SocketAddr) -> anyhow::Result<Self> {
-        Self::start_listening_on(files, &address.to_string())
+        Self::start_on_with_args(files, address, &[]).await
+    }
+
+    /// Like [`Self::start_on`], with extra flags.
+    pub async fn start_on_with_args(
+        files: &Arc<GatewayFiles>,
+        address: SocketAddr,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_listening_on(files, &address.to_string(), extra_args)
             .await
             .map_err(|error| {
                 let message = format!("{error:#}");
@@ -172,7 +189,11 @@ impl ControlPlane {
             })
     }
 
-    async fn start_listening_on(files: &Arc<GatewayFiles>, listen: &str) -> anyhow::Result<Self> {
+    async fn start_listening_on(
+        files: &Arc<GatewayFiles>,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let binary = "portcullis-control-plane";
         let mut command = Command::new(paths::workspace_binary(binary)?);
         command
@@ -183,7 +204,8 @@ impl ControlPlane {
             .arg("--master-key-file")
             .arg(files.master_key_file())
             .arg("--access-file")
-            .arg(files.access_file());
+            .arg(files.access_file())
+            .args(extra_args);
         let process =
             ChildProcess::start_listening(binary, command, &format!("{binary} listening on "))
                 .await?;
@@ -206,6 +228,12 @@ impl ControlPlane {
         &self.files
     }
 
+    /// `http://<address>` of the HTTP listener (`--http-listen`), from its stdout line.
+    pub fn http_url(&self) -> anyhow::Result<String> {
+        listening_line_address(&self.process, "portcullis-control-plane http listening on ")
+            .map(|address| format!("http://{address}"))
+    }
+
     /// A connected admin client carrying the admin token.
     pub async fn admin(&self) -> anyhow::Result<AdminClient> {
         admin_client(&self.url(), self.files.admin_token()).await
@@ -224,6 +252,19 @@ impl ControlPlane {
     pub fn process_mut(&mut self) -> &mut ChildProcess {
         &mut self.process
     }
+}
+
+/// The address on a `<prefix><address>` stdout line the process printed before its main
+/// listening line (so it is there once the process counts as started).
+fn listening_line_address(process: &ChildProcess, prefix: &str) -> anyhow::Result<SocketAddr> {
+    let stdout = process.stdout_text();
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .with_context(|| format!("{} printed no {prefix:?} line", process.name()))?;
+    line.trim()
+        .parse()
+        .with_context(|| format!("{} printed an unparsable address {line:?}", process.name()))
 }
 
 /// Adds `authorization: Bearer <token>` to every admin request.
@@ -352,6 +393,12 @@ impl Node {
 
     pub fn address(&self) -> SocketAddr {
         self.process.address()
+    }
+
+    /// `http://<address>` of the admin listener (`--admin-listen`), from its stdout line.
+    pub fn admin_url(&self) -> anyhow::Result<String> {
+        listening_line_address(&self.process, "portcullis-node admin listening on ")
+            .map(|address| format!("http://{address}"))
     }
 
     /// `http://127.0.0.1:<port>/mcp/<server>`.

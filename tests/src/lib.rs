@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod idp;
 pub mod mcp_http;
 pub mod node_clients;
+pub mod otlp;
 pub mod paths;
 pub mod process;
 pub mod python_client;

@@ -1,6 +1,6 @@
 //! The control-plane binary: parses flags, opens the data directory, serves gRPC.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use portcullis_control_plane::engine::EngineOptions;
 use portcullis_control_plane::secrets::{MasterKey, generate_master_key_file};
 use portcullis_control_plane::server::{ControlPlane, ControlPlaneConfig, shutdown_signal};
+use portcullis_shared::telemetry::{self, LogFormat, TelemetryConfig};
 
 /// Exit code for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -63,6 +64,14 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Address of the HTTP listener serving /metrics, /healthz and /readyz (none by
+    /// default).
+    #[arg(long, env = "PORTCULLIS_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317 (none by
+    /// default).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -86,20 +95,6 @@ enum Tool {
         #[arg(long = "node")]
         nodes: Vec<String>,
     },
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn main() -> ExitCode {
@@ -146,11 +141,59 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if args.log_format != "text" && args.log_format != "json" {
-        eprintln!("error: --log-format must be text or json");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    init_logging(&args.log_format);
+    let log_format = match LogFormat::parse(&args.log_format) {
+        Ok(format) => format,
+        Err(message) => {
+            eprintln!("error: --log-format {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let otlp_endpoint = match args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|text| !text.trim().is_empty())
+        .map(telemetry::parse_otlp_endpoint)
+        .transpose()
+    {
+        Ok(endpoint) => endpoint,
+        Err(message) => {
+            eprintln!("error: --otlp-endpoint {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    // The OTLP exporter's gRPC client runs on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match telemetry::init(TelemetryConfig {
+            service_name: "portcullis-control-plane",
+            service_instance_id: None,
+            log_format,
+            otlp_endpoint,
+        }) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
+    let code = serve_on(args, &runtime);
+    let _runtime = runtime.enter();
+    telemetry.shutdown();
+    code
+}
+
+fn serve_on(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> ExitCode {
     if args.state_snapshot_every == 0 {
         eprintln!("error: --state-snapshot-every must be at least 1");
         return ExitCode::from(EXIT_CONFIG);
@@ -204,16 +247,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             ..EngineOptions::default()
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
     runtime.block_on(async move {
         let control_plane = match ControlPlane::open(&config, master_key, previous_master_key).await
         {
@@ -238,11 +271,32 @@ fn serve(args: ServeArgs) -> ExitCode {
             .local_addr()
             .map(|address| address.to_string())
             .unwrap_or_else(|_| args.listen.clone());
+        let http_listener = match &args.http_listen {
+            None => None,
+            Some(http_listen) => match tokio::net::TcpListener::bind(http_listen).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    eprintln!("error: cannot listen on {http_listen}: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+        };
         tracing::info!(%address, "control plane listening");
+        // The HTTP line first: whoever waits for the listening line finds both.
+        if let Some(http_address) = http_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+        {
+            tracing::info!(address = %http_address, "metrics and health listening");
+            println!("portcullis-control-plane http listening on {http_address}");
+        }
         // Tests and scripts wait for this exact line to know the port.
         println!("portcullis-control-plane listening on {address}");
         let _ = std::io::stdout().flush();
-        match control_plane.serve(listener, shutdown_signal()).await {
+        match control_plane
+            .serve_with_http(listener, http_listener, shutdown_signal())
+            .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");

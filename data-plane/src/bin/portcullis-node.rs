@@ -36,7 +36,6 @@ fn main() -> ExitCode {
             return bad_config_exit();
         }
     };
-    telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,9 +46,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter's gRPC client runs on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match telemetry::init(&config) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("portcullis-node: {error}");
+                return bad_config_exit();
+            }
+        }
+    };
     let result = runtime.block_on(async {
         let node = Node::start(config).await?;
         let mut stdout = std::io::stdout().lock();
+        // The admin line first: whoever waits for the listening line finds both.
+        if let Some(admin) = node.admin_address() {
+            writeln!(stdout, "portcullis-node admin listening on {admin}")?;
+        }
         writeln!(
             stdout,
             "portcullis-node listening on {}",
@@ -66,11 +80,16 @@ fn main() -> ExitCode {
         node.serve(shutdown).await?;
         anyhow::Ok(())
     });
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "portcullis-node failed");
             ExitCode::FAILURE
         }
+    };
+    {
+        let _runtime = runtime.enter();
+        telemetry.shutdown();
     }
+    code
 }

@@ -130,6 +130,14 @@ impl CallerIdentity {
 const MAX_RECORDED_CALLER_CHARS: usize = 256;
 
 impl Caller {
+    /// The verified `email` claim, bounded as the record name is.
+    pub fn record_email(&self) -> Option<String> {
+        self.identity
+            .as_ref()
+            .and_then(CallerIdentity::email)
+            .map(|email| email.chars().take(MAX_RECORDED_CALLER_CHARS).collect())
+    }
+
     /// The caller as request records name it: the verified subject, or "anonymous".
     pub fn record_name(&self) -> String {
         match &self.identity {

@@ -73,13 +73,17 @@ pub enum ProxyError {
     UpstreamFailed(#[source] BoxError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The audit spool cannot take the request's event (full under the refuse policy, or
+    /// failed): nothing unaudited passes. 503, so a load balancer tries another node.
+    #[error("{0}")]
+    AuditUnavailable(crate::record::SinkUnavailable),
 }
 
 impl ProxyError {
     /// The stable code, as the error body and the request record carry it.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProxyError::NotReady => ErrorCode::NotReady,
+            ProxyError::NotReady | ProxyError::AuditUnavailable(_) => ErrorCode::NotReady,
             ProxyError::UnknownServer => ErrorCode::NotFound,
             ProxyError::MissingHost
             | ProxyError::HostNotAllowed(_)
@@ -112,6 +116,7 @@ impl ProxyError {
             ProxyError::InvalidJsonRpc(_) => JSONRPC_INVALID_REQUEST,
             ProxyError::Internal(_) => JSONRPC_INTERNAL_ERROR,
             ProxyError::NotReady
+            | ProxyError::AuditUnavailable(_)
             | ProxyError::UnknownServer
             | ProxyError::MissingHost
             | ProxyError::HostNotAllowed(_)
@@ -139,6 +144,9 @@ impl ProxyError {
             ProxyError::OriginNotAllowed(_) => "origin not allowed".to_owned(),
             ProxyError::UpstreamTimeout(_) => "upstream did not respond in time".to_owned(),
             ProxyError::Internal(_) => "internal error".to_owned(),
+            ProxyError::AuditUnavailable(_) => {
+                "the gateway cannot record this request right now".to_owned()
+            }
             ProxyError::OutboundHeader(error) => error.public_message(),
             ProxyError::NotReady
             | ProxyError::UnknownServer
@@ -166,6 +174,9 @@ impl ProxyError {
                 data["reason"] = json!(rejection.code());
             }
             ProxyError::InsufficientScope(_) => data["reason"] = json!("insufficient_scope"),
+            ProxyError::AuditUnavailable(unavailable) => {
+                data["reason"] = json!(unavailable.reason());
+            }
             _ => {}
         }
         let mut response = jsonrpc_error_response_with_data(

@@ -36,6 +36,7 @@ use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::ProxyLimits;
+use crate::metrics::NodeMetrics;
 use crate::oauth::resource::GatewayContext;
 use crate::oauth::{AuthorizationServer, Issuer, OAuthSettings};
 use crate::proxy::app_auth::AppAuthPlan;
@@ -58,6 +59,8 @@ pub struct NodeState {
     /// Token caches and per-user credential lookups of the additional outbound headers
     /// (step 6); the service-token cache is meant for app authentication too.
     pub outbound: Arc<OutboundServices>,
+    /// What `/metrics` on the admin listener reports.
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl NodeState {
@@ -102,6 +105,7 @@ impl NodeState {
                     // As reqwest::Client::new: only a TLS backend that cannot start fails.
                     .expect("the token endpoint HTTP client builds"),
             )),
+            metrics: Arc::new(NodeMetrics::default()),
         }
     }
 }
@@ -121,12 +125,20 @@ pub fn router(state: Arc<NodeState>) -> Router {
 }
 
 /// Liveness: the process serves HTTP.
-async fn healthz() -> Response {
+pub async fn healthz(State(_node): State<Arc<NodeState>>) -> Response {
     Json(json!({ "status": "live" })).into_response()
 }
 
-/// Readiness: a snapshot is loaded (from disk or from the control plane).
-async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
+/// Readiness: a snapshot is loaded (from disk or from the control plane), and the record
+/// sink can take records (an audit spool that failed under the refuse policy cannot).
+pub async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
+    if let Err(unavailable) = node.records.ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": unavailable.reason() })),
+        )
+            .into_response();
+    }
     match node.snapshots.version() {
         Some(version) => {
             Json(json!({ "status": "ready", "snapshot_version": version })).into_response()
@@ -172,6 +184,16 @@ async fn handle(
     mut record: RecordBuilder,
 ) -> Response {
     let mut error_id = Value::Null;
+    // 0. Room for the request's audit record. First: a request the node cannot audit is
+    //    refused before it costs anything or reaches the upstream (refuse policy).
+    if let Err(unavailable) = record.admit() {
+        tracing::warn!(
+            reason = unavailable.reason(),
+            "request refused: the audit spool cannot take its event"
+        );
+        record.fields().audit_unavailable = true;
+        return reject(ProxyError::AuditUnavailable(unavailable), error_id, record).await;
+    }
     match forward(
         &node,
         snapshot.as_deref(),
@@ -182,8 +204,8 @@ async fn handle(
     )
     .await
     {
-        Ok(forwarded) => stream_back(&node, forwarded, record),
-        Err(error) => reject(error, error_id, record),
+        Ok(forwarded) => stream_back(&node, forwarded, record).await,
+        Err(error) => reject(error, error_id, record).await,
     }
 }
 
@@ -236,6 +258,7 @@ async fn forward(
         .authenticate(&parts.headers, &gateway)
         .await?;
     record.fields().caller = caller.record_name();
+    record.fields().caller_email = caller.record_email();
     record.fields().caller_verified = caller.identity.is_some();
 
     // 3b. Read and inspect the body (POST only). After authentication (see above); before
@@ -334,14 +357,31 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// 8. Stream back: the upstream's status and filtered headers now, the body as it comes;
-///    the record is finished when the body ends (see [`StreamedBody`]).
-fn stream_back(node: &NodeState, forwarded: Forwarded, mut record: RecordBuilder) -> Response {
+///    the record is finished when the body ends (see [`StreamedBody`]), and the end of the
+///    response waits until the record is durable. A response without a body is complete
+///    with its head, so the head waits.
+async fn stream_back(
+    node: &NodeState,
+    forwarded: Forwarded,
+    mut record: RecordBuilder,
+) -> Response {
     let (parts, body) = forwarded.response.into_parts();
     let headers =
         firewall::filter_response(&parts.headers, forwarded.caller_credential_went_upstream);
     let status = parts.status.as_u16();
     record.fields().upstream_status = Some(status);
+    record.fields().caller_credential_forwarded =
+        forwarded.caller_credential_went_upstream && record.fields().caller_presented_credential;
     record.response_head(status, None);
+    if http_body::Body::is_end_stream(&body) {
+        if let Err(unavailable) = record.finish_durably(Outcome::Completed).await {
+            return ProxyError::AuditUnavailable(unavailable).into_response_with_id(Value::Null);
+        }
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = headers;
+        return response;
+    }
     let body = StreamedBody::new(body, node.upstream.idle_timeout(), record);
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = parts.status;
@@ -350,8 +390,8 @@ fn stream_back(node: &NodeState, forwarded: Forwarded, mut record: RecordBuilder
 }
 
 /// A refusal or an upstream failure: logged with its cause, recorded, answered with a
-/// JSON-RPC error that carries only the public message.
-fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Response {
+/// JSON-RPC error that carries only the public message, once the record is durable.
+async fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Response {
     let outcome = match &error {
         ProxyError::Unauthenticated(rejection)
         | ProxyError::InteractiveUnauthenticated { rejection, .. } => {
@@ -388,9 +428,13 @@ fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -> Resp
             tracing::info!(error = %ErrorChain(&error), "request refused");
             Outcome::Rejected
         }
+        // Logged where it is decided.
+        ProxyError::AuditUnavailable(_) => Outcome::Rejected,
     };
     record.response_head(error.http_status().as_u16(), Some(error.code()));
-    record.finish(outcome);
+    if let Err(unavailable) = record.finish_durably(outcome).await {
+        return ProxyError::AuditUnavailable(unavailable).into_response_with_id(error_id);
+    }
     error.into_response_with_id(error_id)
 }
 

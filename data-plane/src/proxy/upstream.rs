@@ -2,6 +2,7 @@
 //! where TLS negotiates it), bounded by a connect timeout and a first-byte timeout, and a
 //! response body that streams through frame by frame with an idle timeout.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ProxyLimits;
 use crate::proxy::error::{BoxError, ProxyError};
-use crate::record::{Outcome, RecordBuilder};
+use crate::record::{Durability, Outcome, RecordBuilder};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -114,11 +115,24 @@ impl UpstreamClient {
 /// arrive (SSE events are never held back); a silence longer than the idle timeout ends
 /// the stream. When the body ends, fails or is dropped, the request record is finished
 /// with the matching outcome, so every request yields exactly one record.
+///
+/// The end of a complete response waits for its record to be durable: the last frame
+/// (the one after which the upstream body is at its end, which completes a response with a
+/// `Content-Length`) or the end of a chunked stream is held until the record sink's
+/// [`Durability`] resolves. So a caller that received a whole response can count on its
+/// audit event. If the record cannot be made durable, the response ends in an error
+/// instead. Polled under the request's span, so what it logs carries the request id.
 pub struct StreamedBody {
     inner: Incoming,
     idle_timeout: Duration,
     idle_deadline: Pin<Box<Sleep>>,
     record: Option<RecordBuilder>,
+    /// The final frame, held back until the record is durable.
+    held: Option<Frame<Bytes>>,
+    durability: Option<Durability>,
+    /// The final frame (or the end) was released: nothing more comes.
+    done: bool,
+    span: tracing::Span,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +146,10 @@ impl StreamedBody {
             idle_timeout,
             idle_deadline: Box::pin(tokio::time::sleep(idle_timeout)),
             record: Some(record),
+            held: None,
+            durability: None,
+            done: false,
+            span: tracing::Span::current(),
         }
     }
 
@@ -139,6 +157,16 @@ impl StreamedBody {
         if let Some(record) = self.record.take() {
             record.finish(outcome);
         }
+    }
+
+    /// The response is complete up to `held`: the record goes to the sink, and the rest
+    /// waits for it to be durable.
+    fn finish_durably(&mut self, held: Option<Frame<Bytes>>) {
+        self.held = held;
+        self.durability = Some(match self.record.take() {
+            Some(record) => record.finish_durably(Outcome::Completed),
+            None => Durability::ready(),
+        });
     }
 }
 
@@ -151,43 +179,81 @@ impl Body for StreamedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle_deadline.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
+        let span = this.span.clone();
+        let _entered = span.enter();
+        loop {
+            if let Some(durability) = this.durability.as_mut() {
+                let result = std::task::ready!(Pin::new(durability).poll(cx));
+                this.durability = None;
+                this.done = true;
+                return match result {
+                    Ok(()) => Poll::Ready(this.held.take().map(Ok)),
+                    Err(error) => {
+                        tracing::error!(%error, "the request's audit event could not be made durable: the response is cut short");
+                        this.held = None;
+                        Poll::Ready(Some(Err(Box::new(error))))
+                    }
+                };
             }
-            Poll::Ready(Some(Err(error))) => {
-                tracing::warn!(%error, "upstream response stream failed");
-                this.finish(Outcome::UpstreamStreamFailed);
-                Poll::Ready(Some(Err(Box::new(error))))
+            if this.done {
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => {
-                this.finish(Outcome::Completed);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle_deadline.as_mut().poll(cx).is_ready() {
-                    tracing::warn!(idle_timeout = ?this.idle_timeout, "upstream response stream went idle");
-                    this.finish(Outcome::UpstreamStreamFailed);
-                    return Poll::Ready(Some(Err(Box::new(UpstreamIdle(this.idle_timeout)))));
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + this.idle_timeout;
+                    this.idle_deadline.as_mut().reset(deadline);
+                    if this.inner.is_end_stream() {
+                        // The last frame: it completes the response, so it waits.
+                        this.finish_durably(Some(frame));
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Pending
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "upstream response stream failed");
+                    this.finish(Outcome::UpstreamStreamFailed);
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
+                Poll::Ready(None) => {
+                    this.finish_durably(None);
+                    continue;
+                }
+                Poll::Pending => {
+                    if this.idle_deadline.as_mut().poll(cx).is_ready() {
+                        tracing::warn!(idle_timeout = ?this.idle_timeout, "upstream response stream went idle");
+                        this.finish(Outcome::UpstreamStreamFailed);
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Box::new(UpstreamIdle(this.idle_timeout)))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done && self.held.is_none() && self.durability.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(held) = self.held.as_ref().and_then(Frame::data_ref) {
+            let held = held.len() as u64;
+            // Upper first: a lower bound above the upper one would panic.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + held);
+            }
+            hint.set_lower(hint.lower() + held);
+        }
+        hint
     }
 }
 
 impl Drop for StreamedBody {
     fn drop(&mut self) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         // An empty body may be dropped without ever being polled.
         let outcome = if self.inner.is_end_stream() {
             Outcome::Completed
