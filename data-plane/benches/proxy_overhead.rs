@@ -1,8 +1,11 @@
 //! Gateway overhead: the same JSON-RPC POST sent straight to an upstream, through the node
-//! without agent authentication (Bearer app auth, full pipeline), and through the node with
-//! Interactive SSO (a gateway access token validated on every request), in the same run on
-//! loopback, sequentially and with concurrent callers. Prints latency percentiles,
-//! throughput and the ratios.
+//! without agent authentication (Bearer app auth, full pipeline), through the node with
+//! Interactive SSO (a gateway access token validated on every request), and through nodes
+//! that audit every request into an on-disk spool (`--audit-fsync always`: the response
+//! completes after the event is fsynced; `interval`: after it is written), in the same run
+//! on loopback, sequentially and with concurrent callers. Prints latency percentiles,
+//! throughput and the ratios. The spool lives in a temporary folder (set `TMPDIR` to put it
+//! on the disk to measure).
 //!
 //! Bounded in count and time. Arguments: `[sequential_requests] [concurrent_callers]
 //! [requests_per_caller]` (defaults 2000, 32, 100). The numbers mean most in an optimised
@@ -21,9 +24,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use portcullis_data_plane::audit::{AuditRecordSink, FsyncPolicy, FullPolicy, Spool, SpoolOptions};
 use portcullis_data_plane::compiled::{CompiledSnapshot, SnapshotSlot};
 use portcullis_data_plane::config::ProxyLimits;
 use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry, unix_now};
+use portcullis_data_plane::metrics::NodeMetrics;
 use portcullis_data_plane::oauth::Issuer;
 use portcullis_data_plane::oauth::grant::{Grant, UserIdentity, mint_access_token};
 use portcullis_data_plane::record::{RecordSink, RequestRecord};
@@ -125,8 +130,10 @@ fn bench_server(
 }
 
 /// A node serving `bench` (no agent authentication) and `bench-sso` (Interactive SSO) in
-/// front of `upstream`; returns its address and an access token for `bench-sso`.
-async fn start_node(upstream: SocketAddr) -> (SocketAddr, String) {
+/// front of `upstream`; returns its address and an access token for `bench-sso`. With
+/// `audit`, records go to an audit spool with that fsync policy (nothing delivers it: the
+/// spool only grows, well within its bound for a run).
+async fn start_node(upstream: SocketAddr, audit: Option<FsyncPolicy>) -> (SocketAddr, String) {
     let snapshot = proto::Snapshot {
         version: 1,
         schema_version: SNAPSHOT_SCHEMA_VERSION,
@@ -185,13 +192,30 @@ async fn start_node(upstream: SocketAddr) -> (SocketAddr, String) {
         3_600,
     )
     .unwrap();
+    let records: Arc<dyn RecordSink> = match audit {
+        None => Arc::new(DiscardRecords),
+        Some(fsync) => {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let (spool, _) = Spool::open(SpoolOptions {
+                dir,
+                max_bytes: 1 << 30,
+                fsync,
+                when_full: FullPolicy::Refuse,
+            })
+            .unwrap();
+            Arc::new(AuditRecordSink::new(
+                spool,
+                Arc::new(NodeMetrics::default()),
+            ))
+        }
+    };
     let state = Arc::new(NodeState::new(
         "bench-node",
         &public_url,
         address,
         Arc::new(SnapshotSlot::new(Some(compiled))),
         ProxyLimits::default(),
-        Arc::new(DiscardRecords),
+        records,
     ));
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
     (address, token)
@@ -314,9 +338,11 @@ async fn concurrent(
     }
 }
 
-fn report(label: &str, direct: &Measurement, gateway: &Measurement, sso: &Measurement) {
+const NAMES: [&str; 5] = ["direct", "gateway", "sso", "audit", "audit-iv"];
+
+fn report(label: &str, runs: &[Measurement; 5]) {
     println!("{label}");
-    for (name, measurement) in [("direct", direct), ("gateway", gateway), ("sso", sso)] {
+    for (name, measurement) in NAMES.iter().zip(runs) {
         let latency = &measurement.latency;
         println!(
             "  {name:<8} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  max {:>7} us  {:>8.0} req/s",
@@ -331,19 +357,26 @@ fn report(label: &str, direct: &Measurement, gateway: &Measurement, sso: &Measur
         slower.latency.value_at_quantile(quantile) as f64
             / faster.latency.value_at_quantile(quantile) as f64
     };
+    let [direct, gateway, sso, audit, audit_interval] = runs;
     println!(
         "  gateway/direct: p50 x{:.2}  p99 x{:.2}  throughput x{:.2}",
         ratio(gateway, direct, 0.50),
         ratio(gateway, direct, 0.99),
         gateway.requests_per_second / direct.requests_per_second,
     );
-    println!(
-        "  sso/gateway:    p50 x{:.2}  p99 x{:.2}  throughput x{:.3} ({:+.1} %)",
-        ratio(sso, gateway, 0.50),
-        ratio(sso, gateway, 0.99),
-        sso.requests_per_second / gateway.requests_per_second,
-        (sso.requests_per_second / gateway.requests_per_second - 1.0) * 100.0,
-    );
+    for (name, run) in [
+        ("sso/gateway:     ", sso),
+        ("audit/gateway:   ", audit),
+        ("audit-iv/gateway:", audit_interval),
+    ] {
+        println!(
+            "  {name} p50 x{:.2}  p99 x{:.2}  throughput x{:.3} ({:+.1} %)",
+            ratio(run, gateway, 0.50),
+            ratio(run, gateway, 0.99),
+            run.requests_per_second / gateway.requests_per_second,
+            (run.requests_per_second / gateway.requests_per_second - 1.0) * 100.0,
+        );
+    }
 }
 
 fn argument(index: usize, default: usize) -> usize {
@@ -366,7 +399,13 @@ fn main() {
     runtime.block_on(async {
         tokio::time::timeout(TIME_LIMIT, async {
             let upstream = start_upstream().await;
-            let (node, token) = start_node(upstream).await;
+            let (node, token) = start_node(upstream, None).await;
+            let (audited, _) = start_node(upstream, Some(FsyncPolicy::Always)).await;
+            let (audited_interval, _) = start_node(
+                upstream,
+                Some(FsyncPolicy::Interval(Duration::from_millis(100))),
+            )
+            .await;
             let client: HttpClient =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
             let direct = Target {
@@ -381,16 +420,20 @@ fn main() {
                 url: format!("http://{node}/mcp/bench-sso"),
                 authorization: Some(format!("Bearer {token}")),
             };
-            for target in [&direct, &gateway, &sso] {
+            let audit = Target {
+                url: format!("http://{audited}/mcp/bench"),
+                authorization: None,
+            };
+            let audit_interval = Target {
+                url: format!("http://{audited_interval}/mcp/bench"),
+                authorization: None,
+            };
+            let targets = [&direct, &gateway, &sso, &audit, &audit_interval];
+            for target in targets {
                 sequential(&client, target, WARMUP_REQUESTS).await;
             }
 
-            let targets = [&direct, &gateway, &sso];
-            let mut runs = [
-                Measurement::empty(),
-                Measurement::empty(),
-                Measurement::empty(),
-            ];
+            let mut runs = std::array::from_fn(|_| Measurement::empty());
             for _ in 0..ROUNDS {
                 for (target, run) in targets.iter().zip(runs.iter_mut()) {
                     run.add(sequential(&client, target, sequential_requests / ROUNDS).await);
@@ -398,16 +441,10 @@ fn main() {
             }
             report(
                 &format!("sequential, {sequential_requests} requests ({ROUNDS} rounds)"),
-                &runs[0],
-                &runs[1],
-                &runs[2],
+                &runs,
             );
 
-            let mut runs = [
-                Measurement::empty(),
-                Measurement::empty(),
-                Measurement::empty(),
-            ];
+            let mut runs = std::array::from_fn(|_| Measurement::empty());
             for _ in 0..ROUNDS {
                 for (target, run) in targets.iter().zip(runs.iter_mut()) {
                     run.add(concurrent(&client, target, callers, per_caller / ROUNDS).await);
@@ -415,9 +452,7 @@ fn main() {
             }
             report(
                 &format!("{callers} concurrent callers x {per_caller} requests ({ROUNDS} rounds)"),
-                &runs[0],
-                &runs[1],
-                &runs[2],
+                &runs,
             );
         })
         .await
