@@ -787,13 +787,15 @@ impl TryFrom<proto::IdentityProvider> for IdentityProvider<SecretInput> {
         let token_resource = if idp.token_resource.is_empty() {
             None
         } else {
+            // Validated as a URL, kept exactly as written: providers compare the resource
+            // (audience) as a string, and `Url` would add a trailing slash to a bare origin.
             url_field(
                 &mut errors,
                 "token_resource",
                 &idp.token_resource,
                 UrlPolicy::Upstream,
             )
-            .map(|url| url.to_string())
+            .map(|_| idp.token_resource.clone())
         };
         match (id, issuer) {
             (Some(id), Some(issuer)) if errors.is_empty() => Ok(IdentityProvider {
@@ -1387,4 +1389,31 @@ pub fn revoked_grants_to_proto(grants: &RevokedGrants) -> Vec<proto::RevokedGran
             expires_at_unix: *expires,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_resource_is_kept_exactly_as_written() {
+        let idp = |token_resource: &str| proto::IdentityProvider {
+            id: "corp".to_owned(),
+            display_name: "Corp".to_owned(),
+            issuer: "https://idp.example.com".to_owned(),
+            client_id: "gateway".to_owned(),
+            token_resource: token_resource.to_owned(),
+            ..proto::IdentityProvider::default()
+        };
+        for written in ["https://search.example.com", "https://api.example.com/v1/"] {
+            let converted = IdentityProvider::try_from(idp(written)).unwrap();
+            assert_eq!(converted.token_resource.as_deref(), Some(written));
+        }
+        assert_eq!(
+            IdentityProvider::try_from(idp("")).unwrap().token_resource,
+            None
+        );
+        let errors = IdentityProvider::try_from(idp("not a url")).unwrap_err();
+        assert_eq!(errors.violations[0].field, "token_resource");
+    }
 }

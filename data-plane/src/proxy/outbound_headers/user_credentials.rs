@@ -2,12 +2,13 @@
 //! user), looked up through the control plane's `NodeRuntime.GetUserCredential` and cached.
 //!
 //! The cache is keyed by the snapshot version, the credential and the user (identity
-//! provider or issuer, and subject), so user A's value is never served to user B, and a
-//! value a user stores or deletes (a configuration change, hence a new snapshot) is used by
-//! the next request. Entries live at most [`LOOKUP_LIFETIME`], at most
-//! [`MAX_CACHED_LOOKUPS`] of them; "no value of their own" is cached as well, so a user
-//! without one does not cost a control-plane call per request. Concurrent lookups of one
-//! key share one call.
+//! provider or issuer, and subject), so user A's value is never served to user B. Users'
+//! values are not part of snapshots (storing one does not change the snapshot version), so
+//! a stored value is reused for [`LOOKUP_LIFETIME`] and "no value of their own" for
+//! [`MISSING_LOOKUP_LIFETIME`]: a user who just stored a value is served it within seconds,
+//! a changed or deleted value is used at most half a minute longer, and a user without one
+//! does not cost a control-plane call per request. At most [`MAX_CACHED_LOOKUPS`] entries;
+//! concurrent lookups of one key share one call.
 
 use std::time::Duration;
 
@@ -19,8 +20,10 @@ use crate::tokens::cache::TokenCache;
 
 /// At most this many (snapshot, credential, user) lookups are cached.
 pub const MAX_CACHED_LOOKUPS: usize = 10_000;
-/// A lookup is reused this long.
-pub const LOOKUP_LIFETIME: Duration = Duration::from_secs(60);
+/// A user's own value is reused this long.
+pub const LOOKUP_LIFETIME: Duration = Duration::from_secs(30);
+/// "No value of their own" is reused this long.
+pub const MISSING_LOOKUP_LIFETIME: Duration = Duration::from_secs(5);
 /// After a failed lookup, that user's requests get the failure for this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -86,7 +89,12 @@ impl UserCredentialCache {
                     .get_user_credential(credential_id.as_str(), user)
                     .await
                     .map_err(|error| UserCredentialError::Runtime(error.to_string()))?;
-                Ok((value, LOOKUP_LIFETIME))
+                let lifetime = if value.is_some() {
+                    LOOKUP_LIFETIME
+                } else {
+                    MISSING_LOOKUP_LIFETIME
+                };
+                Ok((value, lifetime))
             })
             .await?;
         Ok(cached.value)
