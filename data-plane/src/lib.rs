@@ -16,12 +16,16 @@
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener that serves them.
 //! - [`tokens`]: tokens the node obtains itself (client credentials, token exchange), cached
 //!   with single-flight refresh.
+//! - [`vault`], [`connect`]: per-user OAuth 2.1 Authorization app auth: users' upstream
+//!   tokens cached from the control plane's vault, the "connect your account" prompt, the
+//!   account-linking flow and users' own list of links.
 //! - [`node`]: startup, serving and graceful shutdown.
 
 pub mod admin;
 pub mod audit;
 pub mod compiled;
 pub mod config;
+pub mod connect;
 pub mod discovery;
 pub mod jwt;
 pub mod metrics;
@@ -32,5 +36,6 @@ pub mod record;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod vault;
 
 pub use proxy::{NodeState, router};

@@ -201,6 +201,14 @@ impl Node {
     /// drain timeout to finish (SSE streams may never finish on their own) and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let discovery = tokio::spawn(self.discovery.run(shutdown.child_token()));
+        // Users' cached upstream tokens follow the control plane's vault.
+        let vault_watch = tokio::spawn(
+            self.state
+                .linking
+                .vault
+                .clone()
+                .watch(BackoffPolicy::default(), shutdown.child_token()),
+        );
         // Delivery outlives the HTTP drain (see below), so it has tokens of its own.
         let delivery_drain = CancellationToken::new();
         let delivery_stop = CancellationToken::new();
@@ -232,6 +240,7 @@ impl Node {
         };
         // The discovery client stops on the same signal; it holds no request state.
         discovery.abort();
+        vault_watch.abort();
         // Every response is complete or cut: sync what the spool holds, then give delivery
         // a moment to empty it.
         let spool = self.spool.clone();

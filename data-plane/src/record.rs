@@ -243,7 +243,7 @@ impl TracingRecordSink {
             agent_auth_rejection = record.agent_auth_rejection.unwrap_or(""),
             caller_presented_credential = record.caller_presented_credential,
             credential_kind = record.app_auth_kind.unwrap_or(""),
-            outbound_headers = %applied_headers_text(&record.outbound_headers),
+            outbound_headers = applied_headers_text(&record.outbound_headers).as_str(),
             credential_id = record.credential_id.as_deref().unwrap_or(""),
             caller_credential_forwarded = record.caller_credential_forwarded,
             outcome = record.outcome.as_str(),

@@ -3,6 +3,7 @@
 //! in-process control plane, and the binary as a child process.
 
 mod common;
+mod linking;
 mod sso;
 
 use std::sync::Arc;
@@ -498,13 +499,13 @@ mod proxy {
     }
 
     #[tokio::test]
-    async fn app_auth_modes_this_node_cannot_serve_yet_are_refused_with_501() {
+    async fn an_unreachable_token_url_is_reported_and_nothing_reaches_the_upstream() {
         let mut upstream = TestUpstream::start().await;
         let client_credentials = server(
             "machine",
             &upstream.url("/mcp"),
             Kind::ClientCredentials(proto::ClientCredentials {
-                token_url: "https://idp.example.com/token".to_owned(),
+                token_url: "https://127.0.0.1:9/token".to_owned(),
                 client_id: "svc".to_owned(),
                 client_secret: secret("cc-secret"),
                 ..proto::ClientCredentials::default()
@@ -515,13 +516,15 @@ mod proxy {
             ProxyLimits::default(),
         );
         let response = node.send(post("machine", &tool_call(11, "x"), &[])).await;
-        assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         let body = json_body(response).await;
+        assert_eq!(body["id"], 11);
+        assert_eq!(body["error"]["data"]["reason"], "unreachable");
         assert_eq!(
             body["error"]["message"],
-            "app authentication client_credentials is not supported by this node version"
+            "the gateway could not obtain its credential for the app (unreachable)"
         );
-        assert_eq!(body["error"]["data"]["code"], "unimplemented");
+        assert!(!body.to_string().contains("cc-secret"));
         assert!(upstream.received_nothing());
     }
 

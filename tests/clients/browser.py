@@ -27,6 +27,11 @@ who is logging in, approves simple consent forms, and stops at the OAuth client'
   browser then calls the callback, retrying while nothing listens there yet (mcp-remote opens
   the browser before it binds its callback port).
 
+`--visit` (`visit(url, ...)`) opens a link instead, as a person clicking it in a chat: the
+same redirects, cookies and consent forms, ending at the first page that is neither a
+redirect nor a form (e.g. a "connected" or a refusal page), reported as `final_url`,
+`final_status` and its visible text `final_text`.
+
 Three ways to use it:
 
 - module: `from browser import authorize` (or `authorization_callback_params(url, ...)`, which
@@ -87,6 +92,10 @@ class BrowserResult:
     # HTTP status of the callback call (`deliver_callback`), None when not delivered.
     delivered_status: int | None = None
     error: str | None = None
+    # `visit`: the page the flow ended on (not a redirect, not a form to submit).
+    final_url: str | None = None
+    final_status: int | None = None
+    final_text: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -381,6 +390,88 @@ def authorize(
     return result
 
 
+class _TextOfPage(html.parser.HTMLParser):
+    """The visible text of a page (no tags, no style or script content)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("style", "script", "title"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "title") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.parts.append(data.strip())
+
+
+def visit(
+    url: str,
+    *,
+    user: str | None = None,
+    cookie_jar: str | None = None,
+    consent: str = "approve",
+    timeout_secs: float = 30.0,
+) -> BrowserResult:
+    """Opens `url` as a person would (a link in a chat): follows redirects with the cookie
+    jar, submits consent forms, and stops at the first page that is neither (a "connected"
+    page, an error page). That page is the result: `final_url`, `final_status` and its
+    visible text in `final_text`. Raises `BrowserError` only when the walk itself fails."""
+    deadline = time.monotonic() + timeout_secs
+    result = BrowserResult()
+    browser = Browser(cookie_jar, user)
+    try:
+        method, body, headers = "GET", None, {}
+        current = url
+        for _ in range(MAX_HOPS):
+            if time.monotonic() > deadline:
+                raise BrowserError(f"the visit took longer than {timeout_secs} s", result)
+            status, response_headers, content = browser.request(method, current, body, headers)
+            lower_headers = {name.lower(): value for name, value in response_headers.items()}
+            location = lower_headers.get("location")
+            result.hops.append(Hop(method, _redact(current), status, _redact(location) if location else None))
+            if 300 <= status < 400 and location:
+                current = urllib.parse.urljoin(current, location)
+                if status not in (307, 308):
+                    method, body, headers = "GET", None, {}
+                continue
+            text = content.decode("utf-8", errors="replace")
+            content_type = lower_headers.get("content-type", "")
+            if status == 200 and "html" in content_type:
+                parser = _FormParser()
+                parser.feed(text)
+                form = _choose_form(parser.forms)
+                if form is not None:
+                    fields = _form_submission(form, consent)
+                    target = urllib.parse.urljoin(current, form.action or current)
+                    encoded = urllib.parse.urlencode(fields)
+                    headers = {"Origin": _origin(current), "Referer": current}
+                    if form.method == "post":
+                        method, body = "POST", encoded.encode()
+                        headers["Content-Type"] = "application/x-www-form-urlencoded"
+                    else:
+                        split = urllib.parse.urlsplit(target)
+                        target = urllib.parse.urlunsplit(split._replace(query=encoded))
+                        method, body = "GET", None
+                    current = target
+                    continue
+            page = _TextOfPage()
+            page.feed(text)
+            result.final_url = _redact(current)
+            result.final_status = status
+            result.final_text = " ".join(page.parts)[:4000] if "html" in content_type else text[:4000]
+            return result
+        raise BrowserError(f"more than {MAX_HOPS} hops: a redirect loop?", result)
+    finally:
+        browser.save()
+
+
 def _deliver(browser: Browser, callback_url: str, deadline: float, result: BrowserResult) -> int:
     """Calls the client's callback, retrying while its listener is not up yet."""
     delay = 0.05
@@ -415,6 +506,8 @@ def _parse_arguments(argv: list[str]) -> argparse.Namespace:
                         default=os.environ.get("PORTCULLIS_BROWSER_CONSENT") or "approve",
                         help="what to click on consent forms (env PORTCULLIS_BROWSER_CONSENT)")
     parser.add_argument("--deliver", action="store_true", help="call the callback URL, retrying until it answers")
+    parser.add_argument("--visit", action="store_true",
+                        help="open the URL as a link and stop at the page the flow ends on (final_*)")
     parser.add_argument("--timeout-secs", type=float,
                         default=float(os.environ.get("PORTCULLIS_BROWSER_TIMEOUT_SECS") or 30.0))
     parser.add_argument("--log", default=os.environ.get("PORTCULLIS_BROWSER_LOG") or None,
@@ -425,15 +518,24 @@ def _parse_arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     arguments = _parse_arguments(argv)
     try:
-        result = authorize(
-            arguments.url,
-            user=arguments.user,
-            cookie_jar=arguments.cookie_jar,
-            callback_prefix=arguments.callback_prefix,
-            consent=arguments.consent,
-            deliver_callback=arguments.deliver,
-            timeout_secs=arguments.timeout_secs,
-        )
+        if arguments.visit:
+            result = visit(
+                arguments.url,
+                user=arguments.user,
+                cookie_jar=arguments.cookie_jar,
+                consent=arguments.consent,
+                timeout_secs=arguments.timeout_secs,
+            )
+        else:
+            result = authorize(
+                arguments.url,
+                user=arguments.user,
+                cookie_jar=arguments.cookie_jar,
+                callback_prefix=arguments.callback_prefix,
+                consent=arguments.consent,
+                deliver_callback=arguments.deliver,
+                timeout_secs=arguments.timeout_secs,
+            )
         status = 0
     except BrowserError as error:
         result = error.args[1] if len(error.args) > 1 else BrowserResult()

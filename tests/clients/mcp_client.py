@@ -59,6 +59,18 @@ state and RFC 9207 `iss` the browser stopped at. The report then has an `oauth` 
 
 (codes, tokens and secrets are never reported; `access_token_claims` is the decoded payload
 of a JWT access token, unverified).
+
+Account linking: with `--connect-links report` the client declares URL-mode elicitation and
+records every "connect your account" prompt it meets in `connect`; with `--connect-links
+open` it also opens each link with the headless browser as `--user` (cookie jar
+`--cookie-jar`), as a person would, and then lets the call go on: an `input_required` URL
+elicitation (2026-07-28) is answered `accept` and the SDK retries the call; a -32042 error
+(2025-11-25) or a tool error whose text carries a `/connect/` link is followed by one retry of
+the call. Each entry:
+
+      "connect": [{"via": "input_required" | "url_elicitation_error" | "tool_result",
+                   "url": "...", "message": "...", "final_status": 200,
+                   "final_text": "GitHub connected ..."}]
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -76,7 +89,8 @@ from typing import Any
 
 import anyio
 import httpx2
-from mcp import Client, MCPError
+import mcp_types as types
+from mcp import Client, MCPError, UrlElicitationRequiredError
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, OAuthFlowError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -123,6 +137,18 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="wait this long before each tool call after the first (e.g. to let a token expire)",
+    )
+    parser.add_argument(
+        "--connect-links",
+        choices=("report", "open"),
+        default=None,
+        help="declare URL elicitation and record connect prompts; 'open' also opens their links "
+        "with the headless browser (--user, --cookie-jar) and retries the call",
+    )
+    parser.add_argument(
+        "--no-url-elicitation",
+        action="store_true",
+        help="with --connect-links: do not declare URL elicitation (prompts come as tool errors)",
     )
     oauth = parser.add_argument_group("OAuth (the MCP authorization flow)")
     oauth.add_argument("--oauth", action="store_true", help="authorize with OAuthClientProvider")
@@ -340,6 +366,52 @@ def dump_model(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+CONNECT_LINK = re.compile(r"https?://\S+/connect/\S+")
+
+
+class ConnectLinks:
+    """Meets "connect your account" prompts: records them and (with `open`) opens the links."""
+
+    def __init__(self, arguments: argparse.Namespace, report: dict[str, Any]) -> None:
+        self.arguments = arguments
+        self.entries: list[dict[str, Any]] = []
+        report["connect"] = self.entries
+
+    async def meet(self, via: str, url: str, message: str | None) -> None:
+        entry: dict[str, Any] = {"via": via, "url": url, "message": message,
+                                 "final_status": None, "final_text": None}
+        self.entries.append(entry)
+        if self.arguments.connect_links != "open":
+            return
+
+        def walk() -> browser.BrowserResult:
+            return browser.visit(url, user=self.arguments.user, cookie_jar=self.arguments.cookie_jar)
+
+        try:
+            result = await anyio.to_thread.run_sync(walk)
+        except browser.BrowserError as error:
+            entry["final_text"] = f"browser error: {error.args[0]}"
+            return
+        entry["final_status"] = result.final_status
+        entry["final_text"] = result.final_text
+
+    async def on_elicitation(self, _context: Any, params: Any) -> Any:
+        """The SDK's elicitation callback: URL requests are connect prompts."""
+        if getattr(params, "mode", None) == "url":
+            await self.meet("input_required", params.url, params.message)
+            return types.ElicitResult(action="accept")
+        return types.ElicitResult(action="decline")
+
+    def link_in_tool_error(self, result: Any) -> str | None:
+        if not result.is_error:
+            return None
+        for block in result.content:
+            match = CONNECT_LINK.search(getattr(block, "text", "") or "")
+            if match:
+                return match.group(0)
+        return None
+
+
 def error_text(error: BaseException) -> str:
     """One readable line for an exception, unwrapping task-group exception groups."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -387,9 +459,13 @@ async def run(arguments: argparse.Namespace, report: dict[str, Any], clock_start
 async def run_session(
     arguments: argparse.Namespace, report: dict[str, Any], http_client: httpx2.AsyncClient, now: Any
 ) -> None:
+    links = ConnectLinks(arguments, report) if arguments.connect_links else None
+    options: dict[str, Any] = {}
+    if links is not None and not arguments.no_url_elicitation:
+        options["elicitation_callback"] = links.on_elicitation
     async with http_client:
         transport = streamable_http_client(arguments.url, http_client=http_client)
-        async with Client(transport, mode=arguments.mode, cache=None) as client:
+        async with Client(transport, mode=arguments.mode, cache=None, **options) as client:
             report["protocol_version"] = client.protocol_version
             report["server_info"] = dump_model(client.server_info)
 
@@ -413,6 +489,7 @@ async def run_session(
                     "arguments": tool_arguments,
                     "progress": [],
                     "error": None,
+                    "retried": False,
                 }
                 report["calls"].append(call)
 
@@ -428,9 +505,31 @@ async def run_session(
 
                 call["started_at"] = now()
                 try:
-                    result = await client.call_tool(
-                        tool_name, tool_arguments, progress_callback=on_progress
-                    )
+                    try:
+                        result = await client.call_tool(
+                            tool_name, tool_arguments, progress_callback=on_progress
+                        )
+                    except MCPError as error:
+                        if links is None or error.code != -32042:
+                            raise
+                        # 2025-11-25: the URL elicitations travel in the error; open, retry once.
+                        for elicitation in UrlElicitationRequiredError.from_error(error.error).elicitations:
+                            await links.meet("url_elicitation_error", elicitation.url, elicitation.message)
+                        if arguments.connect_links != "open":
+                            raise
+                        call["retried"] = True
+                        result = await client.call_tool(
+                            tool_name, tool_arguments, progress_callback=on_progress
+                        )
+                    link = links.link_in_tool_error(result) if links is not None else None
+                    if link is not None:
+                        texts = [getattr(block, "text", None) for block in result.content]
+                        await links.meet("tool_result", link, " ".join(text for text in texts if text))
+                        if arguments.connect_links == "open":
+                            call["retried"] = True
+                            result = await client.call_tool(
+                                tool_name, tool_arguments, progress_callback=on_progress
+                            )
                 except Exception as error:  # reported, and the run fails
                     call["finished_at"] = now()
                     call["error"] = error_text(error)

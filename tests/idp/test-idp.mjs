@@ -894,6 +894,16 @@ async function main() {
       process.stderr.write(`test: revoked ${grants} grant(s), ${tokens} token(s), ${sessions} session(s) of ${user}\n`);
       return { user, grants, tokens, sessions };
     },
+    // The refresh tokens (opaque values) the provider holds for a client: tests scan the
+    // gateway's files and logs for them. Test-only: a real provider never hands these out.
+    'GET /test/refresh-tokens': async (ctx) => {
+      const clientId = ctx.query.client_id;
+      if (!clientId) throw Object.assign(new Error('client_id is required'), { status: 400 });
+      const tokens = entriesOf('RefreshToken')
+        .filter(({ payload }) => payload.clientId === clientId)
+        .map(({ key }) => key.slice('RefreshToken:'.length));
+      return { client_id: clientId, tokens };
+    },
     // Add or replace a client at run time (the body is client metadata).
     'POST /test/clients': async (ctx) => upsertClient(await readJson(ctx)),
     // Add or replace an account (groups, name, email, extra_claims, disabled).

@@ -128,7 +128,19 @@ impl HeadlessBrowser {
         self.run(url, true).await
     }
 
+    /// Opens `url` as a link (a person clicking it in a chat), following redirects and
+    /// consent forms to the page the flow ends on: see [`BrowserOutcome::final_status`] and
+    /// [`BrowserOutcome::final_text`]. An error page is an outcome, not an error.
+    pub async fn visit(&self, url: &str) -> anyhow::Result<BrowserOutcome> {
+        self.run_with(url, &["--visit"]).await
+    }
+
     async fn run(&self, url: &str, deliver: bool) -> anyhow::Result<BrowserOutcome> {
+        self.run_with(url, if deliver { &["--deliver"] } else { &[] })
+            .await
+    }
+
+    async fn run_with(&self, url: &str, flags: &[&str]) -> anyhow::Result<BrowserOutcome> {
         let mut command = python_command(&browser_script())?;
         command
             .arg(url)
@@ -141,9 +153,7 @@ impl HeadlessBrowser {
         if let Some(user) = &self.user {
             command.arg("--user").arg(user);
         }
-        if deliver {
-            command.arg("--deliver");
-        }
+        command.args(flags);
         let mut process = ChildProcess::spawn("browser", command)?;
         let status = process
             .wait_for_exit(self.timeout + Duration::from_secs(15))
@@ -254,6 +264,13 @@ pub struct BrowserOutcome {
     /// Status of the callback call, when the browser delivered it.
     pub delivered_status: Option<u16>,
     pub error: Option<String>,
+    /// [`HeadlessBrowser::visit`]: the page the flow ended on, its status and visible text.
+    #[serde(default)]
+    pub final_url: Option<String>,
+    #[serde(default)]
+    pub final_status: Option<u16>,
+    #[serde(default)]
+    pub final_text: Option<String>,
 }
 
 impl BrowserOutcome {

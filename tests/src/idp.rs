@@ -584,6 +584,21 @@ impl TestIdp {
         Ok(serde_json::from_value(self.get_json("/test/stats").await?)?)
     }
 
+    /// The refresh tokens the provider holds for `client_id` (their values: a test scans the
+    /// gateway's files and logs for them).
+    pub async fn refresh_tokens(&self, client_id: &str) -> anyhow::Result<Vec<String>> {
+        let reply = self
+            .get_json(&format!("/test/refresh-tokens?client_id={client_id}"))
+            .await?;
+        Ok(reply["tokens"]
+            .as_array()
+            .context("no tokens in the answer")?
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Zeroes the counters and forgets the recent requests.
     pub async fn reset_stats(&self) -> anyhow::Result<()> {
         self.post_json("/test/stats/reset", None).await.map(drop)
@@ -814,12 +829,26 @@ impl TestIdp {
 /// aud, iss, email, groups as JSON) and `echo`.
 #[derive(Debug)]
 pub struct ProtectedMcpServer {
+    /// `--record-tokens` file (tool-auth mode): every distinct token the server accepted.
+    recorded_tokens: Option<PathBuf>,
+    _scratch: Option<tempfile::TempDir>,
     process: ChildProcess,
 }
 
 impl ProtectedMcpServer {
     /// Starts it for `idp`, requiring `scopes` in every token.
     pub async fn start(idp: &TestIdp, scopes: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(idp, scopes, false).await
+    }
+
+    /// Starts it in `--tool-auth` mode: initialize and listing need no token, each tool
+    /// checks the caller's token itself (a GitHub-like server behind an account-linking
+    /// gateway). Tools `list_pull_requests`, `check_caller`, `caller_stats` answer per user.
+    pub async fn start_with_tool_auth(idp: &TestIdp, scopes: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(idp, scopes, true).await
+    }
+
+    async fn start_with(idp: &TestIdp, scopes: &[&str], tool_auth: bool) -> anyhow::Result<Self> {
         let script = paths::tests_crate_dir()
             .join("idp")
             .join("protected_mcp_server.py");
@@ -828,13 +857,35 @@ impl ProtectedMcpServer {
         for scope in scopes {
             command.arg("--scope").arg(scope);
         }
+        let mut scratch = None;
+        let mut recorded_tokens = None;
+        if tool_auth {
+            let folder = scratch_dir("protected-mcp-server")?;
+            let file = folder.path().join("accepted-tokens.txt");
+            command.arg("--tool-auth").arg("--record-tokens").arg(&file);
+            recorded_tokens = Some(file);
+            scratch = Some(folder);
+        }
         let process = ChildProcess::start_listening(
             "protected-mcp-server",
             command,
             "protected-mcp-server listening on ",
         )
         .await?;
-        Ok(Self { process })
+        Ok(Self {
+            recorded_tokens,
+            _scratch: scratch,
+            process,
+        })
+    }
+
+    /// Every distinct token the server accepted so far (tool-auth mode; empty otherwise).
+    pub fn accepted_tokens(&self) -> Vec<String> {
+        self.recorded_tokens
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
     }
 
     /// The MCP endpoint and resource identifier, `http://127.0.0.1:<port>/mcp`.

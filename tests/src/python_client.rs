@@ -37,6 +37,7 @@ pub fn python_mcp_client(url: impl Into<String>) -> PythonMcpClient {
         timeout: Duration::from_secs(60),
         pause_between_calls: None,
         oauth_args: Vec::new(),
+        connect_links: None,
     }
 }
 
@@ -52,6 +53,21 @@ pub struct PythonMcpClient {
     pause_between_calls: Option<Duration>,
     /// `--oauth` and its options, empty without OAuth.
     oauth_args: Vec<String>,
+    /// How the client meets "connect your account" prompts.
+    connect_links: Option<ConnectLinks>,
+}
+
+/// How the client meets "connect your account" prompts (per-user app OAuth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectLinks {
+    /// Records them in [`McpClientReport::connect`]; declares URL-mode elicitation.
+    Report,
+    /// Records them, opens each link with the OAuth browser profile ([`PythonMcpClient::oauth`]:
+    /// its user and cookie jar), then goes on with the call (the SDK retries after an
+    /// `input_required`; after a -32042 error or a tool error carrying a link the script
+    /// retries once). `url_elicitation: false` plays a client that does not declare URL
+    /// elicitation, which gets the link in a tool error.
+    Open { url_elicitation: bool },
 }
 
 impl PythonMcpClient {
@@ -148,6 +164,12 @@ impl PythonMcpClient {
         self
     }
 
+    /// How the client meets "connect your account" prompts (see [`ConnectLinks`]).
+    pub fn connect_links(mut self, links: ConnectLinks) -> Self {
+        self.connect_links = Some(links);
+        self
+    }
+
     fn ensure_oauth(&mut self) {
         if self.oauth_args.is_empty() {
             self.oauth_args.push("--oauth".to_owned());
@@ -183,6 +205,18 @@ impl PythonMcpClient {
                 .arg(pause.as_secs_f64().to_string());
         }
         command.args(&self.oauth_args);
+        match self.connect_links {
+            None => {}
+            Some(ConnectLinks::Report) => {
+                command.arg("--connect-links").arg("report");
+            }
+            Some(ConnectLinks::Open { url_elicitation }) => {
+                command.arg("--connect-links").arg("open");
+                if !url_elicitation {
+                    command.arg("--no-url-elicitation");
+                }
+            }
+        }
 
         let mut process = ChildProcess::spawn("python-mcp-client", command)?;
         // The script enforces `timeout` itself; the extra margin covers interpreter start-up.
@@ -219,6 +253,9 @@ pub struct McpClientReport {
     /// What the OAuth flow did (runs with [`PythonMcpClient::oauth`]).
     #[serde(default)]
     pub oauth: Option<OAuthReport>,
+    /// The "connect your account" prompts met (runs with [`PythonMcpClient::connect_links`]).
+    #[serde(default)]
+    pub connect: Vec<ConnectPromptReport>,
     /// The client's stderr (SDK logs, Python tracebacks), for failure messages.
     #[serde(skip)]
     pub stderr: String,
@@ -284,6 +321,22 @@ pub struct ToolCallReport {
     pub started_at: f64,
     pub finished_at: Option<f64>,
     pub progress: Vec<ProgressReport>,
+    /// The call was made again after a connect prompt ([`PythonMcpClient::connect_links`]).
+    #[serde(default)]
+    pub retried: bool,
+}
+
+/// A "connect your account" prompt the client met, and where its link led.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectPromptReport {
+    /// `input_required` (2026-07-28), `url_elicitation_error` (-32042, 2025-11-25) or
+    /// `tool_result` (a tool error carrying the link).
+    pub via: String,
+    pub url: String,
+    pub message: Option<String>,
+    /// The page the link ended on, when the client opened it.
+    pub final_status: Option<u16>,
+    pub final_text: Option<String>,
 }
 
 impl ToolCallReport {

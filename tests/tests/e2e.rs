@@ -9,10 +9,15 @@
 mod conformance_baselines;
 mod deploy;
 mod gateway_app_auth;
+mod gateway_audit;
 mod gateway_clients;
 mod gateway_conformance;
+mod gateway_examples;
 mod gateway_fleet;
+mod gateway_linking;
+mod gateway_outbound_headers;
 mod gateway_sso;
+mod gateway_telemetry;
 mod harness;
 mod idp;
 mod local_deploy;

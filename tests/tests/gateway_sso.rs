@@ -327,7 +327,9 @@ async fn the_python_sdk_signs_alice_and_bob_in_across_two_nodes() {
     let logs = sso.node_logs();
     for user in ["alice", "bob"] {
         assert!(
-            logs.contains(&format!("caller={user} caller_verified=true")),
+            logs.contains(&format!(
+                "caller={user} caller_email=\"{user}@example.com\" caller_verified=true"
+            )),
             "no record of {user}:\n{logs}"
         );
     }
@@ -628,7 +630,7 @@ async fn mcp_remote_signs_in_through_the_gateway() {
     assert_eq!(trip.param("iss"), Some(sso.public_url().as_str()));
     let logs = sso.node_logs();
     assert!(
-        logs.contains("jsonrpc_method=tools/list tool= caller=bob caller_verified=true"),
+        logs.contains("jsonrpc_method=tools/list tool= caller=bob caller_email=\"bob@example.com\" caller_verified=true"),
         "no tools/list by bob in the records:\n{logs}"
     );
 }

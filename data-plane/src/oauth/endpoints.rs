@@ -74,7 +74,12 @@ pub fn routes() -> Router<Arc<NodeState>> {
             "/oauth/authorize",
             get(authorize::authorize).post(authorize::consent),
         )
-        .route("/oauth/callback", get(authorize::callback))
+        // Interactive SSO sign-ins and the logins of account links share the identity
+        // provider's redirect URI; the sealed state tells them apart.
+        .route(
+            "/oauth/callback",
+            get(crate::connect::identity_provider_callback),
+        )
         .route("/oauth/token", post(token_endpoint).options(preflight))
         .route("/oauth/revoke", post(revoke_endpoint).options(preflight))
         .route("/oauth/jwks", get(jwks).options(preflight))

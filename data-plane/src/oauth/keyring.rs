@@ -57,6 +57,12 @@ pub enum Purpose {
     RefreshToken,
     /// The identity provider's access token, as a claim of the gateway's access tokens.
     IdentityProviderToken,
+    /// A "connect your account" link: user, app and server (`crate::connect::link`).
+    ConnectLink,
+    /// The state of the login that proves who opened such a link.
+    ConnectLogin,
+    /// The state of the app provider's authorization of an account link.
+    ConnectAuthorization,
 }
 
 impl Purpose {
@@ -69,6 +75,9 @@ impl Purpose {
             Purpose::AuthorizationCode => "pca1",
             Purpose::RefreshToken => "pcr1",
             Purpose::IdentityProviderToken => "pci1",
+            Purpose::ConnectLink => "pcx1",
+            Purpose::ConnectLogin => "pcl1",
+            Purpose::ConnectAuthorization => "pcp1",
         }
     }
 

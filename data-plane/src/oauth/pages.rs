@@ -38,7 +38,8 @@ h1{font-size:1.4rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.4
 dt{color:#666}dd{margin:0;word-break:break-all}.note{color:#666;font-size:.9rem}\
 button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.6rem}";
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+/// A page: `body` is HTML the caller built and escaped.
+pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\

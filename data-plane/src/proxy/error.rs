@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::jwt::TokenRejection;
 use crate::oauth::resource::ResourceChallenge;
+use crate::proxy::app_auth::AppAuthError;
 use crate::proxy::outbound_headers::OutboundHeaderError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,8 +61,10 @@ pub enum ProxyError {
     JsonParse(String),
     #[error("not a valid JSON-RPC message: {0}")]
     InvalidJsonRpc(&'static str),
-    #[error("app authentication {0} is not supported by this node version")]
-    AppAuthNotSupported(&'static str),
+    /// App authentication could not produce the credential, or the user must connect their
+    /// account first (answered with the prompt, see [`AppAuthError::ConnectAccount`]).
+    #[error("{0}")]
+    AppAuth(AppAuthError),
     /// An additional outbound header could not be produced; nothing was forwarded.
     #[error("{0}")]
     OutboundHeader(OutboundHeaderError),
@@ -89,7 +92,7 @@ impl ProxyError {
             | ProxyError::HostNotAllowed(_)
             | ProxyError::OriginNotAllowed(_)
             | ProxyError::InsufficientScope(_) => ErrorCode::PermissionDenied,
-            ProxyError::AppAuthNotSupported(_) => ErrorCode::Unimplemented,
+            ProxyError::AppAuth(error) => error.code(),
             ProxyError::OutboundHeader(error) => error.code(),
             ProxyError::Unauthenticated(_) | ProxyError::InteractiveUnauthenticated { .. } => {
                 ErrorCode::Unauthenticated
@@ -107,7 +110,10 @@ impl ProxyError {
     }
 
     pub fn http_status(&self) -> StatusCode {
-        self.code().http_status()
+        match self {
+            ProxyError::AppAuth(AppAuthError::ConnectAccount(prompt)) => prompt.status(),
+            _ => self.code().http_status(),
+        }
     }
 
     pub fn jsonrpc_code(&self) -> i64 {
@@ -126,7 +132,7 @@ impl ProxyError {
             | ProxyError::InsufficientScope(_)
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::BodyRead(_)
-            | ProxyError::AppAuthNotSupported(_)
+            | ProxyError::AppAuth(_)
             | ProxyError::OutboundHeader(_)
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
@@ -157,9 +163,9 @@ impl ProxyError {
             | ProxyError::BodyRead(_)
             | ProxyError::JsonParse(_)
             | ProxyError::InvalidJsonRpc(_)
-            | ProxyError::AppAuthNotSupported(_)
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamFailed(_) => self.to_string(),
+            ProxyError::AppAuth(error) => error.public_message(),
         }
     }
 
@@ -167,8 +173,15 @@ impl ProxyError {
     /// exactly one request, else null. An authentication failure also carries its reason in
     /// `data.reason` and the RFC 6750 challenge in `WWW-Authenticate`.
     pub fn into_response_with_id(self, id: Value) -> Response {
-        let mut data = json!({ "code": self.code().as_str() });
-        match &self {
+        // The prompt is a complete JSON-RPC answer of its own (a result or a -32042 error).
+        let error = match self {
+            ProxyError::AppAuth(AppAuthError::ConnectAccount(prompt)) => {
+                return prompt.into_response();
+            }
+            other => other,
+        };
+        let mut data = json!({ "code": error.code().as_str() });
+        match &error {
             ProxyError::Unauthenticated(rejection)
             | ProxyError::InteractiveUnauthenticated { rejection, .. } => {
                 data["reason"] = json!(rejection.code());
@@ -177,16 +190,17 @@ impl ProxyError {
             ProxyError::AuditUnavailable(unavailable) => {
                 data["reason"] = json!(unavailable.reason());
             }
+            ProxyError::AppAuth(app_auth) => data["reason"] = json!(app_auth.reason()),
             _ => {}
         }
         let mut response = jsonrpc_error_response_with_data(
-            self.http_status(),
+            error.http_status(),
             id,
-            self.jsonrpc_code(),
-            &self.public_message(),
+            error.jsonrpc_code(),
+            &error.public_message(),
             data,
         );
-        let challenge = match &self {
+        let challenge = match &error {
             ProxyError::Unauthenticated(rejection) => Some(rejection.www_authenticate()),
             ProxyError::InteractiveUnauthenticated {
                 rejection,
@@ -343,10 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_modes_are_501_and_not_ready_is_503() {
+    fn app_credential_failures_and_not_ready_are_5xx() {
         assert_eq!(
-            ProxyError::AppAuthNotSupported("client_credentials").http_status(),
-            StatusCode::NOT_IMPLEMENTED
+            ProxyError::AppAuth(AppAuthError::ServiceToken(
+                crate::tokens::client_credentials::ClientCredentialsError::Unreachable(
+                    "connection refused".to_owned()
+                )
+            ))
+            .http_status(),
+            StatusCode::BAD_GATEWAY
         );
         assert_eq!(
             ProxyError::NotReady.http_status(),

@@ -36,10 +36,11 @@ use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
 use crate::config::ProxyLimits;
+use crate::connect::AccountLinking;
 use crate::metrics::NodeMetrics;
 use crate::oauth::resource::GatewayContext;
 use crate::oauth::{AuthorizationServer, Issuer, OAuthSettings};
-use crate::proxy::app_auth::AppAuthPlan;
+use crate::proxy::app_auth::{AppAuthPlan, AppAuthRequest};
 use crate::proxy::error::ProxyError;
 use crate::proxy::host_origin::HostPolicy;
 use crate::proxy::outbound_headers::{OutboundContext, OutboundServices};
@@ -61,6 +62,9 @@ pub struct NodeState {
     pub outbound: Arc<OutboundServices>,
     /// What `/metrics` on the admin listener reports.
     pub metrics: Arc<NodeMetrics>,
+    /// Per-user OAuth 2.1 Authorization app auth: users' tokens (from the control plane's
+    /// vault), what sessions declared, the account-linking flow's HTTP client.
+    pub linking: Arc<AccountLinking>,
 }
 
 impl NodeState {
@@ -92,6 +96,7 @@ impl NodeState {
         records: Arc<dyn RecordSink>,
         oauth: AuthorizationServer,
     ) -> Self {
+        let oauth_runtime = oauth.runtime.clone();
         Self {
             node_id: Arc::from(node_id),
             snapshots,
@@ -106,6 +111,11 @@ impl NodeState {
                     .expect("the token endpoint HTTP client builds"),
             )),
             metrics: Arc::new(NodeMetrics::default()),
+            linking: Arc::new(
+                AccountLinking::new(oauth_runtime)
+                    // As reqwest::Client::new: only a TLS backend that cannot start fails.
+                    .expect("the account-linking HTTP client builds"),
+            ),
         }
     }
 }
@@ -121,6 +131,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         // session); other methods get 405 from the router.
         .route("/mcp/{server}", get(proxy).post(proxy).delete(proxy))
         .merge(crate::oauth::routes())
+        .merge(crate::connect::routes())
         .with_state(state)
 }
 
@@ -281,11 +292,25 @@ async fn forward(
     // 5. App authentication: the credential towards the app. After the firewall, so it is
     //    the only source of credential headers; it reads the caller's original headers only
     //    in Passthrough mode. It gets the caller from step 3, for per-user credentials.
+    //    OAuth Authorization answers a user without a linked account with the "connect
+    //    your account" prompt here, before anything reaches the upstream.
     let mut query = server.upstream.base_query();
     query.extend_raw(parts.uri.query());
-    server
+    let method = parts.method.clone();
+    let app_auth_request = AppAuthRequest {
+        node,
+        snapshot,
+        server: server_name,
+        caller: &caller,
+        inbound: &parts.headers,
+        method: &method,
+        body: &body,
+    };
+    record.fields().credential_id = server.app_auth.credential_id();
+    let app_credential = server
         .app_auth
-        .apply(&caller, &parts.headers, &mut headers, &mut query)?;
+        .apply(&app_auth_request, &mut headers, &mut query)
+        .await?;
 
     // 6. Additional outbound headers. After app authentication: they come on top of it
     //    (shared validation keeps them off its header) and replace same-named headers the
@@ -313,7 +338,7 @@ async fn forward(
         .upstream
         .uri(&query)
         .map_err(|error| ProxyError::Internal(format!("building the upstream URI: {error}")))?;
-    let mut upstream_request = http::Request::new(Full::new(body));
+    let mut upstream_request = http::Request::new(Full::new(body.clone()));
     *upstream_request.method_mut() = parts.method;
     *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
@@ -322,6 +347,9 @@ async fn forward(
     // `:scheme` and `:authority` from the absolute URI whatever this field says.
     *upstream_request.version_mut() = Version::HTTP_11;
     let response = node.upstream.send(upstream_request).await?;
+    // 7b. The upstream's answer as app authentication sees it: a user the upstream refused
+    //    gets the prompt, not the upstream's 401; sessions are remembered.
+    let response = app_credential.after_response(&app_auth_request, response)?;
     Ok(Forwarded {
         response,
         caller_credential_went_upstream: matches!(
@@ -423,7 +451,7 @@ async fn reject(error: ProxyError, error_id: Value, mut record: RecordBuilder) -
         | ProxyError::BodyRead(_)
         | ProxyError::JsonParse(_)
         | ProxyError::InvalidJsonRpc(_)
-        | ProxyError::AppAuthNotSupported(_)
+        | ProxyError::AppAuth(_)
         | ProxyError::OutboundHeader(_) => {
             tracing::info!(error = %ErrorChain(&error), "request refused");
             Outcome::Rejected
