@@ -110,8 +110,10 @@ pub struct AuditFilterArgs {
     /// Who: a user subject, an admin token name, or a node
     #[arg(long)]
     pub actor: Option<String>,
+    /// The MCP server (its name)
     #[arg(long)]
     pub server: Option<String>,
+    /// The tool called (`tools/call`)
     #[arg(long)]
     pub tool: Option<String>,
     /// completed, rejected, upstream_failed, applied, ...
