@@ -136,9 +136,10 @@ async fn run(events: u64) {
     let delivery = Delivery::new(
         spool.clone(),
         DeliveryOptions::new(
-            url.parse().unwrap(),
-            None,
-            SecretValue::new(NODE_TOKEN.to_owned()),
+            portcullis_data_plane::config::ControlPlaneConfig::with_token(
+                url.parse().unwrap(),
+                SecretValue::new(NODE_TOKEN.to_owned()),
+            ),
         ),
     )
     .unwrap();

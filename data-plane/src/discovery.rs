@@ -19,13 +19,12 @@ use portcullis_shared::validate::ValidationErrors;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
-use url::Url;
 
 use crate::compiled::{CompiledSnapshot, SnapshotSlot};
-use crate::config::UpstreamHostAllowlist;
+use crate::config::{ControlPlaneConfig, UpstreamHostAllowlist};
 use crate::jwt::JwksRegistry;
 use crate::store::SnapshotStore;
 
@@ -129,34 +128,57 @@ pub struct DiscoveryOptions {
     pub node_id: String,
     /// The node's public URL, reported for fleet status.
     pub address: String,
-    pub control_plane: Url,
-    pub ca_pem: Option<Vec<u8>>,
-    pub node_token: SecretValue,
+    pub control_plane: ControlPlaneConfig,
     pub backoff: BackoffPolicy,
     /// Snapshots naming other upstream hosts do not compile (and are NACKed).
     pub allowed_upstream_hosts: UpstreamHostAllowlist,
 }
 
-/// The gRPC endpoint of the control plane: connect timeout, HTTP/2 keepalive, and TLS with
-/// the system roots plus `ca_pem` for an https URL. Shared by config discovery and the
-/// runtime calls of the authorization server.
+/// The gRPC endpoint of the control plane: connect timeout, HTTP/2 keepalive, and for an
+/// https URL TLS with the system roots plus the configured CA, presenting the node's client
+/// certificate when it has one (mTLS). Every connection the node makes to the control plane
+/// (config discovery, runtime calls, audit delivery) starts here.
 pub fn control_plane_endpoint(
-    control_plane: &Url,
-    ca_pem: Option<&[u8]>,
+    control_plane: &ControlPlaneConfig,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(control_plane.to_string())?
+    let mut endpoint = Endpoint::from_shared(control_plane.url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    if control_plane.scheme() == "https" {
+    if control_plane.url.scheme() == "https" {
         let mut tls = ClientTlsConfig::new().with_native_roots();
-        if let Some(pem) = ca_pem {
+        if let Some(pem) = &control_plane.ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some(identity) = &control_plane.client_identity {
+            tls = tls.identity(Identity::from_pem(
+                &identity.cert_pem,
+                identity.key_pem.expose(),
+            ));
         }
         endpoint = endpoint.tls_config(tls)?;
     }
     Ok(endpoint)
+}
+
+/// The node token cannot be sent as gRPC metadata (validated configuration never has one).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the node token cannot be sent as gRPC metadata")]
+pub struct InvalidNodeToken;
+
+/// The `authorization` metadata of node calls: the node token as a bearer token, or nothing
+/// when the node authenticates by client certificate only.
+pub fn node_bearer(
+    token: Option<&SecretValue>,
+) -> Result<Option<MetadataValue<Ascii>>, InvalidNodeToken> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let mut bearer = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+        .map_err(|_| InvalidNodeToken)?;
+    bearer.set_sensitive(true);
+    Ok(Some(bearer))
 }
 
 /// Keeps the node's snapshot current.
@@ -204,7 +226,7 @@ impl DiscoveryClient {
         };
         let mut backoff = Backoff::new(self.options.backoff);
         loop {
-            info!(control_plane = %self.options.control_plane, "connecting to the control plane");
+            info!(control_plane = %self.options.control_plane.url, "connecting to the control plane");
             match self.session(&endpoint, &shutdown).await {
                 Ok(SessionEnd::Shutdown) => {
                     info!("config discovery stopped");
@@ -240,8 +262,7 @@ impl DiscoveryClient {
     }
 
     fn endpoint(&self) -> Result<Endpoint, DiscoveryError> {
-        control_plane_endpoint(&self.options.control_plane, self.options.ca_pem.as_deref())
-            .map_err(DiscoveryError::Endpoint)
+        control_plane_endpoint(&self.options.control_plane).map_err(DiscoveryError::Endpoint)
     }
 
     /// One connection: hello, then updates until the stream ends. Errors carry whether any
@@ -270,11 +291,11 @@ impl DiscoveryClient {
             .await
             .map_err(|_| (DiscoveryError::ReplyChannelClosed, false))?;
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-        let mut bearer =
-            MetadataValue::try_from(format!("Bearer {}", self.options.node_token.expose()))
-                .map_err(|_| (DiscoveryError::InvalidToken, false))?;
-        bearer.set_sensitive(true);
-        request.metadata_mut().insert("authorization", bearer);
+        if let Some(bearer) = node_bearer(self.options.control_plane.node_token.as_ref())
+            .map_err(|InvalidNodeToken| (DiscoveryError::InvalidToken, false))?
+        {
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let mut updates = tokio::select! {
             () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
             response = client.stream_snapshots(request) => response

@@ -19,6 +19,9 @@
 //! - [`vault`], [`connect`]: per-user OAuth 2.1 Authorization app auth: users' upstream
 //!   tokens cached from the control plane's vault, the "connect your account" prompt, the
 //!   account-linking flow and users' own list of links.
+//! - [`tls`]: TLS of the listeners and the node's client certificate for the control plane.
+//! - [`http_server`]: the listeners' HTTP server, with bounded request heads and timeouts.
+//! - [`rate_limit`]: per-client rate limits of the OAuth and account-linking endpoints.
 //! - [`node`]: startup, serving and graceful shutdown.
 
 pub mod admin;
@@ -27,14 +30,17 @@ pub mod compiled;
 pub mod config;
 pub mod connect;
 pub mod discovery;
+pub mod http_server;
 pub mod jwt;
 pub mod metrics;
 pub mod node;
 pub mod oauth;
 pub mod proxy;
+pub mod rate_limit;
 pub mod record;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod vault;
 

@@ -1,5 +1,6 @@
-//! Starting and stopping a node: load the last good snapshot from disk, bind the listener,
-//! run the HTTP server and the config discovery client, drain on shutdown.
+//! Starting and stopping a node: load the last good snapshot from disk, bind the listener
+//! (TLS when configured), run the HTTP server and the config discovery client, drain on
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::oauth::runtime::RuntimeClient;
 use crate::oauth::{AuthorizationServer, Issuer};
 use crate::proxy::{NodeState, router};
 use crate::store::SnapshotStore;
+use crate::tls::TlsListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,9 +51,56 @@ pub enum StartError {
     Join(#[source] tokio::task::JoinError),
 }
 
+/// A bound listener of the node: plaintext, or TLS only.
+enum Listener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+impl Listener {
+    /// Wraps a bound listener in TLS when `tls` is given.
+    fn new(
+        listener: TcpListener,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, StartError> {
+        match tls {
+            None => Ok(Self::Plain(listener)),
+            Some(config) => TlsListener::new(listener, config.clone())
+                .map(Self::Tls)
+                .map_err(StartError::LocalAddress),
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::Plain(listener) => listener.local_addr(),
+            Self::Tls(listener) => Ok(axum::serve::Listener::local_addr(listener)?),
+        }
+    }
+
+    /// Serves `router` until `shutdown`, then lets open connections finish.
+    fn serve(
+        self,
+        router: axum::Router,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        // Bounded heads, header read and keep-alive timeouts, and the peer address of each
+        // request (for the rate limits): see `crate::http_server`.
+        let limits = crate::http_server::HttpServerLimits::default();
+        match self {
+            Self::Plain(listener) => tokio::spawn(crate::http_server::serve(
+                listener, router, limits, shutdown,
+            )),
+            Self::Tls(listener) => tokio::spawn(crate::http_server::serve(
+                listener, router, limits, shutdown,
+            )),
+        }
+    }
+}
+
 /// A node whose listener is bound and whose persisted snapshot (if any) is loaded.
 pub struct Node {
-    listener: TcpListener,
+    listener: Listener,
     local_address: SocketAddr,
     state: Arc<NodeState>,
     discovery: DiscoveryClient,
@@ -59,7 +108,7 @@ pub struct Node {
     spool: Spool,
     delivery: Delivery,
     /// The admin listener and what it serves.
-    admin: Option<(TcpListener, Arc<crate::admin::AdminState>)>,
+    admin: Option<(Listener, Arc<crate::admin::AdminState>)>,
 }
 
 /// Once the HTTP server has drained, delivery gets at most this long to empty the spool;
@@ -103,17 +152,20 @@ impl Node {
                     source,
                 })?;
         let local_address = listener.local_addr().map_err(StartError::LocalAddress)?;
+        let listener = Listener::new(listener, config.tls.as_ref())?;
         let public_url = match config.public_url {
             Some(url) => url,
-            None => Url::parse(&format!("http://{local_address}"))
-                .map_err(|_| StartError::PublicUrl(local_address))?,
+            None => {
+                let scheme = if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                Url::parse(&format!("{scheme}://{local_address}"))
+                    .map_err(|_| StartError::PublicUrl(local_address))?
+            }
         };
-        let runtime = RuntimeClient::new(
-            &config.control_plane.url,
-            config.control_plane.ca_pem.as_deref(),
-            &config.control_plane.node_token,
-        )
-        .map_err(StartError::Runtime)?;
+        let runtime = RuntimeClient::new(&config.control_plane).map_err(StartError::Runtime)?;
         let oauth = AuthorizationServer::new(Issuer::new(&public_url), config.oauth, Some(runtime))
             .map_err(StartError::OAuthClient)?;
         let metrics = Arc::new(NodeMetrics::default());
@@ -127,14 +179,11 @@ impl Node {
             oauth,
         );
         state.metrics = metrics.clone();
+        state.rate_limits = crate::rate_limit::RateLimits::new(&config.rate_limits);
         let state = Arc::new(state);
         let delivery = Delivery::new(
             spool.clone(),
-            DeliveryOptions::new(
-                config.control_plane.url.clone(),
-                config.control_plane.ca_pem.clone(),
-                config.control_plane.node_token.clone(),
-            ),
+            DeliveryOptions::new(config.control_plane.clone()),
         )
         .map_err(StartError::AuditDelivery)?;
         let admin = match config.admin_listen {
@@ -143,6 +192,8 @@ impl Node {
                 let listener = TcpListener::bind(address)
                     .await
                     .map_err(|source| StartError::Bind { address, source })?;
+                let listener =
+                    Listener::new(listener, config.tls.as_ref().filter(|_| config.admin_tls))?;
                 let registry = crate::metrics::registry(
                     &metrics,
                     slot.clone(),
@@ -164,9 +215,7 @@ impl Node {
             DiscoveryOptions {
                 node_id: config.node_id,
                 address: public_url.to_string(),
-                control_plane: config.control_plane.url,
-                ca_pem: config.control_plane.ca_pem,
-                node_token: config.control_plane.node_token,
+                control_plane: config.control_plane,
                 backoff: BackoffPolicy::default(),
                 allowed_upstream_hosts: config.allowed_upstream_hosts,
             },
@@ -216,14 +265,10 @@ impl Node {
             self.delivery
                 .run(delivery_drain.clone(), delivery_stop.clone()),
         );
-        let admin = self.admin.map(|(listener, state)| {
-            let server = axum::serve(listener, crate::admin::router(state))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tokio::spawn(server.into_future())
-        });
-        let server = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = tokio::spawn(server.into_future());
+        let admin = self
+            .admin
+            .map(|(listener, state)| listener.serve(crate::admin::router(state), shutdown.clone()));
+        let mut server = self.listener.serve(router(self.state), shutdown.clone());
         let result = tokio::select! {
             joined = &mut server => joined,
             () = shutdown.cancelled() => {

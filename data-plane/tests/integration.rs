@@ -4,6 +4,7 @@
 
 mod common;
 mod linking;
+mod rate_limit;
 mod sso;
 
 use std::sync::Arc;
@@ -1070,9 +1071,10 @@ mod discovery {
             let options = DiscoveryOptions {
                 node_id: "node-a".to_owned(),
                 address: "http://127.0.0.1:7400/".to_owned(),
-                control_plane: control_plane.url().parse().unwrap(),
-                ca_pem: None,
-                node_token: SecretValue::new(NODE_TOKEN),
+                control_plane: portcullis_data_plane::config::ControlPlaneConfig::with_token(
+                    control_plane.url().parse().unwrap(),
+                    SecretValue::new(NODE_TOKEN),
+                ),
                 backoff: BackoffPolicy {
                     initial: Duration::from_millis(20),
                     max: Duration::from_millis(200),

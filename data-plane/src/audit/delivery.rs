@@ -16,36 +16,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_proto::v1 as proto;
 use portcullis_proto::v1::audit_ingest_client::AuditIngestClient;
-use portcullis_shared::secret::SecretValue;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tracing::Instrument;
-use url::Url;
 
 use crate::audit::spool::{ReadBatch, Spool, SpoolReader};
-use crate::discovery::{Backoff, BackoffPolicy, control_plane_endpoint};
+use crate::config::ControlPlaneConfig;
+use crate::discovery::{Backoff, BackoffPolicy, control_plane_endpoint, node_bearer};
 
 /// One `Deliver` call may take this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    pub control_plane: Url,
-    pub ca_pem: Option<Vec<u8>>,
-    pub node_token: SecretValue,
+    pub control_plane: ControlPlaneConfig,
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
     pub backoff: BackoffPolicy,
 }
 
 impl DeliveryOptions {
-    pub fn new(control_plane: Url, ca_pem: Option<Vec<u8>>, node_token: SecretValue) -> Self {
+    pub fn new(control_plane: ControlPlaneConfig) -> Self {
         Self {
             control_plane,
-            ca_pem,
-            node_token,
             max_batch_events: 1000,
             max_batch_bytes: 1024 * 1024,
             backoff: BackoffPolicy {
@@ -98,7 +93,7 @@ fn unix_micros() -> i64 {
 pub struct Delivery {
     spool: Spool,
     client: AuditIngestClient<Channel>,
-    bearer: MetadataValue<Ascii>,
+    bearer: Option<MetadataValue<Ascii>>,
     options: DeliveryOptions,
     status: Arc<DeliveryStatus>,
 }
@@ -117,12 +112,11 @@ enum Sent {
 impl Delivery {
     /// Prepares the task; connects lazily.
     pub fn new(spool: Spool, options: DeliveryOptions) -> Result<Self, DeliveryError> {
-        let channel = control_plane_endpoint(&options.control_plane, options.ca_pem.as_deref())
+        let channel = control_plane_endpoint(&options.control_plane)
             .map_err(DeliveryError::Endpoint)?
             .connect_lazy();
-        let mut bearer = MetadataValue::try_from(format!("Bearer {}", options.node_token.expose()))
+        let bearer = node_bearer(options.control_plane.node_token.as_ref())
             .map_err(|_| DeliveryError::InvalidToken)?;
-        bearer.set_sensitive(true);
         Ok(Self {
             spool,
             client: AuditIngestClient::new(channel),
@@ -254,9 +248,11 @@ impl Delivery {
     async fn send(&mut self, events: Vec<proto::AuditEvent>) -> Sent {
         let mut request = tonic::Request::new(proto::AuditBatch { events });
         request.set_timeout(CALL_TIMEOUT);
-        request
-            .metadata_mut()
-            .insert("authorization", self.bearer.clone());
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
         match self.client.deliver(request).await {
             Ok(reply) => {
                 let reply = reply.into_inner();

@@ -18,9 +18,9 @@ use portcullis_proto::v1::node_runtime_client::NodeRuntimeClient;
 use portcullis_shared::secret::SecretValue;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use url::Url;
 
-use crate::discovery::control_plane_endpoint;
+use crate::config::ControlPlaneConfig;
+use crate::discovery::{control_plane_endpoint, node_bearer};
 
 /// The longest a token request waits for the control plane.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,7 +163,8 @@ impl LinkState {
 #[derive(Clone)]
 pub struct RuntimeClient {
     client: NodeRuntimeClient<Channel>,
-    bearer: MetadataValue<tonic::metadata::Ascii>,
+    /// `None` when the node authenticates by client certificate only.
+    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl std::fmt::Debug for RuntimeClient {
@@ -175,18 +176,13 @@ impl std::fmt::Debug for RuntimeClient {
 impl RuntimeClient {
     /// Connects on first use (and reconnects after failures), so a node starts without the
     /// control plane in reach.
-    pub fn new(
-        control_plane: &Url,
-        ca_pem: Option<&[u8]>,
-        node_token: &SecretValue,
-    ) -> Result<Self, RuntimeError> {
-        let channel = control_plane_endpoint(control_plane, ca_pem)
+    pub fn new(control_plane: &ControlPlaneConfig) -> Result<Self, RuntimeError> {
+        let channel = control_plane_endpoint(control_plane)
             .map_err(RuntimeError::Endpoint)?
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
-        let mut bearer = MetadataValue::try_from(format!("Bearer {}", node_token.expose()))
+        let bearer = node_bearer(control_plane.node_token.as_ref())
             .map_err(|_| RuntimeError::InvalidToken)?;
-        bearer.set_sensitive(true);
         Ok(Self {
             client: NodeRuntimeClient::new(channel),
             bearer,
@@ -202,9 +198,11 @@ impl RuntimeClient {
     /// A request without a deadline, for streams that stay open.
     fn untimed_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", self.bearer.clone());
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
         request
     }
 
@@ -265,6 +263,45 @@ impl RuntimeClient {
             .map_err(RuntimeError::Status)?
             .into_inner();
         Ok(reply.found.then(|| SecretValue::new(reply.value)))
+    }
+
+    /// Stores the user's own value of a stored credential (on their behalf: the node
+    /// authenticated them). Returns the configuration revision of the change.
+    pub async fn put_own_credential(
+        &self,
+        credential_id: &str,
+        user: &VaultUser,
+        value: &SecretValue,
+    ) -> Result<u64, RuntimeError> {
+        let request = self.request(proto::PutOwnCredentialRequest {
+            credential_id: credential_id.to_owned(),
+            user: Some(user.to_proto()),
+            value: value.expose().to_owned(),
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.put_own_credential(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?;
+        Ok(reply.into_inner().revision)
+    }
+
+    /// Deletes the user's own value of a stored credential; false when they had none.
+    pub async fn delete_own_credential(
+        &self,
+        credential_id: &str,
+        user: &VaultUser,
+    ) -> Result<bool, RuntimeError> {
+        let request = self.request(proto::DeleteOwnCredentialRequest {
+            credential_id: credential_id.to_owned(),
+            user: Some(user.to_proto()),
+        });
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.delete_own_credential(request))
+            .await
+            .map_err(|_| RuntimeError::TimedOut(CALL_TIMEOUT))?
+            .map_err(RuntimeError::Status)?;
+        Ok(reply.into_inner().deleted)
     }
 
     /// The user's access token for an app; the control plane refreshes it first when it

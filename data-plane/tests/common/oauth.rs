@@ -266,6 +266,20 @@ impl NodeRuntime for RuntimeService {
     ) -> Result<Response<proto::DeleteUserTokenReply>, Status> {
         Err(Status::unimplemented("not in these tests"))
     }
+
+    async fn put_own_credential(
+        &self,
+        _request: Request<proto::PutOwnCredentialRequest>,
+    ) -> Result<Response<proto::PutOwnCredentialReply>, Status> {
+        Err(Status::unimplemented("not in these tests"))
+    }
+
+    async fn delete_own_credential(
+        &self,
+        _request: Request<proto::DeleteOwnCredentialRequest>,
+    ) -> Result<Response<proto::DeleteOwnCredentialReply>, Status> {
+        Err(Status::unimplemented("not in these tests"))
+    }
 }
 
 /// An in-process `NodeRuntime` on a loopback port.
@@ -303,11 +317,10 @@ impl TestRuntime {
 
     /// A node-side client with the node token.
     pub fn client(&self) -> RuntimeClient {
-        RuntimeClient::new(
-            &url::Url::parse(&format!("http://{}", self.address)).unwrap(),
-            None,
-            &SecretValue::new(NODE_TOKEN),
-        )
+        RuntimeClient::new(&portcullis_data_plane::config::ControlPlaneConfig::with_token(
+            url::Url::parse(&format!("http://{}", self.address)).unwrap(),
+            SecretValue::new(NODE_TOKEN),
+        ))
         .unwrap()
     }
 

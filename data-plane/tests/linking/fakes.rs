@@ -65,6 +65,9 @@ struct VaultState {
     gets: AtomicUsize,
     /// `min_valid_secs` of every GetUserToken, in order.
     min_valid: Mutex<Vec<u32>>,
+    /// Users' own credential values, by (credential, identity provider, subject).
+    credentials: Mutex<BTreeMap<LinkId, String>>,
+    credential_gets: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -205,9 +208,48 @@ impl NodeRuntime for VaultService {
 
     async fn get_user_credential(
         &self,
-        _request: tonic::Request<proto::GetUserCredentialRequest>,
+        request: tonic::Request<proto::GetUserCredentialRequest>,
     ) -> Result<tonic::Response<proto::GetUserCredentialReply>, Status> {
-        Err(Status::unimplemented("not in these tests"))
+        check_token(&request)?;
+        let request = request.into_inner();
+        let id = link_id(&request.credential_id, request.user.as_ref())?;
+        self.state.credential_gets.fetch_add(1, Ordering::SeqCst);
+        let value = self.state.credentials.lock().unwrap().get(&id).cloned();
+        Ok(tonic::Response::new(proto::GetUserCredentialReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn put_own_credential(
+        &self,
+        request: tonic::Request<proto::PutOwnCredentialRequest>,
+    ) -> Result<tonic::Response<proto::PutOwnCredentialReply>, Status> {
+        check_token(&request)?;
+        let request = request.into_inner();
+        let id = link_id(&request.credential_id, request.user.as_ref())?;
+        self.state
+            .credentials
+            .lock()
+            .unwrap()
+            .insert(id, request.value);
+        Ok(tonic::Response::new(proto::PutOwnCredentialReply {
+            revision: 7,
+        }))
+    }
+
+    async fn delete_own_credential(
+        &self,
+        request: tonic::Request<proto::DeleteOwnCredentialRequest>,
+    ) -> Result<tonic::Response<proto::DeleteOwnCredentialReply>, Status> {
+        check_token(&request)?;
+        let request = request.into_inner();
+        let id = link_id(&request.credential_id, request.user.as_ref())?;
+        let deleted = self.state.credentials.lock().unwrap().remove(&id).is_some();
+        Ok(tonic::Response::new(proto::DeleteOwnCredentialReply {
+            deleted,
+            revision: 8,
+        }))
     }
 
     async fn list_user_tokens(
@@ -303,11 +345,10 @@ impl FakeVault {
     }
 
     pub fn client(&self) -> RuntimeClient {
-        RuntimeClient::new(
-            &url::Url::parse(&format!("http://{}", self.address)).unwrap(),
-            None,
-            &SecretValue::new(NODE_TOKEN),
-        )
+        RuntimeClient::new(&portcullis_data_plane::config::ControlPlaneConfig::with_token(
+            url::Url::parse(&format!("http://{}", self.address)).unwrap(),
+            SecretValue::new(NODE_TOKEN),
+        ))
         .unwrap()
     }
 
@@ -318,6 +359,21 @@ impl FakeVault {
             .unwrap()
             .get(&(app.to_owned(), idp.to_owned(), subject.to_owned()))
             .cloned()
+    }
+
+    /// A user's own value of a credential, as the control plane would hold it.
+    pub fn own_credential(&self, credential: &str, idp: &str, subject: &str) -> Option<String> {
+        self.state
+            .credentials
+            .lock()
+            .unwrap()
+            .get(&(credential.to_owned(), idp.to_owned(), subject.to_owned()))
+            .cloned()
+    }
+
+    /// How many GetUserCredential calls the node made.
+    pub fn credential_gets(&self) -> usize {
+        self.state.credential_gets.load(Ordering::SeqCst)
     }
 
     /// Stores a link directly (as an earlier connection would have), and tells watchers.
