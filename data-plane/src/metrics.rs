@@ -42,6 +42,11 @@ struct AuthFailureLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    budget: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -59,6 +64,7 @@ pub struct NodeMetrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
     token_refreshes: Family<ResultLabels, Counter>,
     audit_refused_requests: Family<ResultLabels, Counter>,
+    rate_limited: Family<BudgetLabels, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -69,6 +75,7 @@ impl Default for NodeMetrics {
             auth_failures: Family::default(),
             token_refreshes: Family::default(),
             audit_refused_requests: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 }
@@ -115,6 +122,14 @@ impl NodeMetrics {
             .inc();
     }
 
+    /// Counts a request refused (429) by a rate limit of the OAuth and account-linking
+    /// endpoints (`register`, `token` or `browser`).
+    pub fn rate_limited(&self, budget: &'static str) {
+        self.rate_limited
+            .get_or_create(&BudgetLabels { budget })
+            .inc();
+    }
+
     /// Registers these metrics in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -141,6 +156,11 @@ impl NodeMetrics {
             "portcullis_audit_refused_requests",
             "Requests refused (503) because the audit spool could not take their event",
             self.audit_refused_requests.clone(),
+        );
+        registry.register(
+            "portcullis_node_rate_limited_requests",
+            "Requests to the OAuth and account-linking endpoints refused (429) by a per-client rate limit, by budget",
+            self.rate_limited.clone(),
         );
     }
 }

@@ -369,8 +369,17 @@ impl Node {
             .arg("--state-dir")
             .arg(files.node_state_dir(node_id))
             .arg("--state-key-file")
-            .arg(files.node_state_key_file(node_id)?)
-            .args(extra_args);
+            .arg(files.node_state_key_file(node_id)?);
+        // Tests register clients and sign in many times from 127.0.0.1: budgets far above
+        // what any test uses, still enforced (a flag in `extra_args` wins).
+        for variable in [
+            "PORTCULLIS_NODE_RATE_LIMIT_REGISTER",
+            "PORTCULLIS_NODE_RATE_LIMIT_TOKEN",
+            "PORTCULLIS_NODE_RATE_LIMIT_BROWSER",
+        ] {
+            command.env(variable, "10000/m");
+        }
+        command.args(extra_args);
         let process = ChildProcess::start_listening(
             &format!("{binary}-{node_id}"),
             command,

@@ -65,6 +65,9 @@ pub struct NodeState {
     /// Per-user OAuth 2.1 Authorization app auth: users' tokens (from the control plane's
     /// vault), what sessions declared, the account-linking flow's HTTP client.
     pub linking: Arc<AccountLinking>,
+    /// Per-client budgets of the OAuth and account-linking endpoints (defaults until the
+    /// node sets its configured ones).
+    pub rate_limits: crate::rate_limit::RateLimits,
 }
 
 impl NodeState {
@@ -116,6 +119,7 @@ impl NodeState {
                     // As reqwest::Client::new: only a TLS backend that cannot start fails.
                     .expect("the account-linking HTTP client builds"),
             ),
+            rate_limits: crate::rate_limit::RateLimits::default(),
         }
     }
 }
@@ -132,6 +136,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/mcp/{server}", get(proxy).post(proxy).delete(proxy))
         .merge(crate::oauth::routes())
         .merge(crate::connect::routes())
+        // Per-client budgets of the OAuth and account-linking routes (by path; the MCP
+        // proxy and the metadata documents are not counted).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::rate_limit::limit,
+        ))
         .with_state(state)
 }
 
