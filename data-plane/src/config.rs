@@ -36,6 +36,11 @@ pub mod env {
     pub const PUBLIC_URL: &str = "PORTCULLIS_NODE_PUBLIC_URL";
     pub const CONTROL_PLANE: &str = "PORTCULLIS_CONTROL_PLANE";
     pub const CONTROL_PLANE_CA_FILE: &str = "PORTCULLIS_CONTROL_PLANE_CA_FILE";
+    pub const CONTROL_PLANE_CLIENT_CERT_FILE: &str = "PORTCULLIS_CONTROL_PLANE_CLIENT_CERT_FILE";
+    pub const CONTROL_PLANE_CLIENT_KEY_FILE: &str = "PORTCULLIS_CONTROL_PLANE_CLIENT_KEY_FILE";
+    pub const TLS_CERT_FILE: &str = "PORTCULLIS_NODE_TLS_CERT_FILE";
+    pub const TLS_KEY_FILE: &str = "PORTCULLIS_NODE_TLS_KEY_FILE";
+    pub const ADMIN_TLS: &str = "PORTCULLIS_NODE_ADMIN_TLS";
     pub const NODE_TOKEN_FILE: &str = "PORTCULLIS_NODE_TOKEN_FILE";
     /// The node token itself, for platforms that inject secrets as variables.
     pub const NODE_TOKEN: &str = "PORTCULLIS_NODE_TOKEN";
@@ -106,10 +111,18 @@ pub struct RawNodeConfig {
     /// Address to listen on for MCP traffic [default: 127.0.0.1:7400] [env: PORTCULLIS_NODE_LISTEN]
     #[arg(long)]
     pub listen: Option<String>,
-    /// The URL clients use to reach this node [default: http://<bound address>]
-    /// [env: PORTCULLIS_NODE_PUBLIC_URL]
+    /// The URL clients use to reach this node [default: http://<bound address>, https://
+    /// with --tls-cert-file] [env: PORTCULLIS_NODE_PUBLIC_URL]
     #[arg(long)]
     pub public_url: Option<String>,
+    /// PEM certificate chain of the MCP listener; with --tls-key-file the listener speaks
+    /// TLS only (HTTP/2 and HTTP/1.1 by ALPN) [default: plaintext]
+    /// [env: PORTCULLIS_NODE_TLS_CERT_FILE]
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file [env: PORTCULLIS_NODE_TLS_KEY_FILE]
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
     /// Control plane URL for configuration snapshots [env: PORTCULLIS_CONTROL_PLANE]
     #[arg(long)]
     pub control_plane: Option<String>,
@@ -117,8 +130,17 @@ pub struct RawNodeConfig {
     /// [env: PORTCULLIS_CONTROL_PLANE_CA_FILE]
     #[arg(long)]
     pub control_plane_ca_file: Option<PathBuf>,
-    /// File holding the node token [env: PORTCULLIS_NODE_TOKEN_FILE, or the token itself in
-    /// PORTCULLIS_NODE_TOKEN]
+    /// PEM client certificate the node presents to an https control plane (mTLS; its common
+    /// name must be the node id). Used by snapshot streaming, runtime calls and audit
+    /// delivery [env: PORTCULLIS_CONTROL_PLANE_CLIENT_CERT_FILE]
+    #[arg(long)]
+    pub control_plane_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --control-plane-client-cert-file
+    /// [env: PORTCULLIS_CONTROL_PLANE_CLIENT_KEY_FILE]
+    #[arg(long)]
+    pub control_plane_client_key_file: Option<PathBuf>,
+    /// File holding the node token; optional with a client certificate [env:
+    /// PORTCULLIS_NODE_TOKEN_FILE, or the token itself in PORTCULLIS_NODE_TOKEN]
     #[arg(long)]
     pub node_token_file: Option<PathBuf>,
     /// Directory for the encrypted last good snapshot [env: PORTCULLIS_NODE_STATE_DIR]
@@ -169,6 +191,11 @@ pub struct RawNodeConfig {
     /// off the public listener [default: none] [env: PORTCULLIS_NODE_ADMIN_LISTEN]
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// TLS on the admin listener, with the MCP listener's certificate: auto (TLS when the
+    /// MCP listener has TLS, except on a loopback address), on, or off [default: auto]
+    /// [env: PORTCULLIS_NODE_ADMIN_TLS]
+    #[arg(long)]
+    pub admin_tls: Option<String>,
     /// Export traces over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317
     /// [default: no export] [env: OTEL_EXPORTER_OTLP_ENDPOINT]
     #[arg(long)]
@@ -224,13 +251,52 @@ pub struct RawNodeConfig {
 /// How log lines are written (always to stderr; stdout carries only the listening lines).
 pub use portcullis_shared::telemetry::LogFormat;
 
-/// Where the node gets its configuration from.
+/// Where the node gets its configuration from, and how it proves who it is there: every
+/// connection to the control plane (snapshot stream, runtime calls, audit delivery) is made
+/// from this.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
     pub url: Url,
     /// Extra trust anchors (PEM) for an https control plane.
     pub ca_pem: Option<Vec<u8>>,
-    pub node_token: SecretValue,
+    /// The client certificate for mTLS (https only).
+    pub client_identity: Option<ClientIdentity>,
+    /// Sent as a bearer token when set; `None` only with a client certificate.
+    pub node_token: Option<SecretValue>,
+}
+
+impl ControlPlaneConfig {
+    /// A control plane the node authenticates to with its token only.
+    pub fn with_token(url: Url, node_token: SecretValue) -> Self {
+        Self {
+            url,
+            ca_pem: None,
+            client_identity: None,
+            node_token: Some(node_token),
+        }
+    }
+}
+
+/// A client certificate chain and its private key, both PEM, checked to go together.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: SecretValue,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
+/// Whether the admin listener speaks TLS (`--admin-tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminTls {
+    /// TLS when the MCP listener has TLS, unless the admin listener is bound to loopback.
+    Auto,
+    On,
+    Off,
 }
 
 /// Limits of the proxy path.
@@ -262,6 +328,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// `None`: derived from the bound address once the listener is open.
     pub public_url: Option<Url>,
+    /// TLS of the MCP listener; `None`: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub control_plane: ControlPlaneConfig,
     pub state_dir: PathBuf,
     pub state_key: Arc<AeadKey>,
@@ -273,6 +341,8 @@ pub struct NodeConfig {
     pub oauth: OAuthSettings,
     /// `/metrics`, `/healthz`, `/readyz` for the operator; `None`: not served.
     pub admin_listen: Option<SocketAddr>,
+    /// Whether the admin listener uses the MCP listener's TLS (resolved from `--admin-tls`).
+    pub admin_tls: bool,
     /// Where traces go (OTLP/gRPC); `None`: not exported.
     pub otlp_endpoint: Option<Url>,
     pub audit: AuditSettings,
@@ -493,6 +563,47 @@ fn read_small_file(path: &Path) -> Result<String, String> {
         .map_err(|error| format!("cannot read {}: {error}", path.display()))
 }
 
+/// Reads a certificate file and its key file, reporting each unreadable one.
+fn read_key_pair(
+    errors: &mut ValidationErrors,
+    (cert_field, cert_path): (&str, &Path),
+    (key_field, key_path): (&str, &Path),
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let cert = read_small_file(cert_path)
+        .map_err(|message| errors.push(cert_field, message))
+        .ok();
+    let key = read_small_file(key_path)
+        .map_err(|message| errors.push(key_field, message))
+        .ok();
+    Some((cert?.into_bytes(), key?.into_bytes()))
+}
+
+/// Reports a certificate and key pair that does not load on the field of the file at fault.
+fn push_key_pair_error(
+    errors: &mut ValidationErrors,
+    error: crate::tls::KeyPairError,
+    (cert_field, cert_path): (&str, &Path),
+    (key_field, key_path): (&str, &Path),
+) {
+    use crate::tls::KeyPairError;
+    match error {
+        KeyPairError::Certificate(message) => {
+            errors.push(cert_field, format!("{} {message}", cert_path.display()));
+        }
+        KeyPairError::Key(message) => {
+            errors.push(key_field, format!("{} {message}", key_path.display()));
+        }
+        KeyPairError::Pair(message) => errors.push(
+            key_field,
+            format!(
+                "{} and {} {message}",
+                cert_path.display(),
+                key_path.display()
+            ),
+        ),
+    }
+}
+
 fn parse_number<T>(
     errors: &mut ValidationErrors,
     field: &str,
@@ -584,21 +695,128 @@ impl RawNodeConfig {
                 }
             });
 
+        let client_cert_file = pick_path(
+            self.control_plane_client_cert_file,
+            env::CONTROL_PLANE_CLIENT_CERT_FILE,
+        );
+        let client_key_file = pick_path(
+            self.control_plane_client_key_file,
+            env::CONTROL_PLANE_CLIENT_KEY_FILE,
+        );
+        let has_client_certificate = client_cert_file.is_some() || client_key_file.is_some();
+        let client_identity = match (client_cert_file, client_key_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(
+                    "control_plane_client_key_file",
+                    "required with --control-plane-client-cert-file: \
+                     --control-plane-client-key-file or PORTCULLIS_CONTROL_PLANE_CLIENT_KEY_FILE",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(
+                    "control_plane_client_cert_file",
+                    "required with --control-plane-client-key-file: \
+                     --control-plane-client-cert-file or PORTCULLIS_CONTROL_PLANE_CLIENT_CERT_FILE",
+                );
+                None
+            }
+            (Some(cert_path), Some(key_path)) => read_key_pair(
+                &mut errors,
+                ("control_plane_client_cert_file", &cert_path),
+                ("control_plane_client_key_file", &key_path),
+            )
+            .and_then(|(cert_pem, key_pem)| {
+                match crate::tls::check_client_identity(&cert_pem, &key_pem) {
+                    Ok(()) => Some(ClientIdentity {
+                        cert_pem,
+                        key_pem: SecretValue::new(String::from_utf8_lossy(&key_pem)),
+                    }),
+                    Err(error) => {
+                        push_key_pair_error(
+                            &mut errors,
+                            error,
+                            ("control_plane_client_cert_file", &cert_path),
+                            ("control_plane_client_key_file", &key_path),
+                        );
+                        None
+                    }
+                }
+            }),
+        };
+        if has_client_certificate
+            && let Some(url) = &control_plane_url
+            && url.scheme() != "https"
+        {
+            errors.push(
+                "control_plane_client_cert_file",
+                format!(
+                    "a client certificate needs an https control plane (mTLS runs over TLS), \
+                     not {url}"
+                ),
+            );
+        }
+
+        let tls = match (
+            pick_path(self.tls_cert_file, env::TLS_CERT_FILE),
+            pick_path(self.tls_key_file, env::TLS_KEY_FILE),
+        ) {
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(
+                    "tls_key_file",
+                    "required with --tls-cert-file: --tls-key-file or PORTCULLIS_NODE_TLS_KEY_FILE",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(
+                    "tls_cert_file",
+                    "required with --tls-key-file: --tls-cert-file or PORTCULLIS_NODE_TLS_CERT_FILE",
+                );
+                None
+            }
+            (Some(cert_path), Some(key_path)) => read_key_pair(
+                &mut errors,
+                ("tls_cert_file", &cert_path),
+                ("tls_key_file", &key_path),
+            )
+            .and_then(|(cert_pem, key_pem)| {
+                match crate::tls::server_config(&cert_pem, &key_pem) {
+                    Ok(config) => Some(config),
+                    Err(error) => {
+                        push_key_pair_error(
+                            &mut errors,
+                            error,
+                            ("tls_cert_file", &cert_path),
+                            ("tls_key_file", &key_path),
+                        );
+                        None
+                    }
+                }
+            }),
+        };
+
         let node_token_text = match pick_path(self.node_token_file, env::NODE_TOKEN_FILE) {
             Some(path) => read_small_file(&path)
                 .map_err(|message| errors.push("node_token_file", message))
                 .ok(),
             None => match env.get(env::NODE_TOKEN) {
                 Some(token) => Some(token),
+                // With mTLS the certificate names the node; a token is optional.
+                None if has_client_certificate => None,
                 None => {
                     errors.push(
-                            "node_token",
-                            "required: --node-token-file, PORTCULLIS_NODE_TOKEN_FILE or PORTCULLIS_NODE_TOKEN",
-                        );
+                        "node_token",
+                        "required without a client certificate: --node-token-file, \
+                         PORTCULLIS_NODE_TOKEN_FILE or PORTCULLIS_NODE_TOKEN",
+                    );
                     None
                 }
             },
         };
+
         let node_token = node_token_text.and_then(|text| {
             let token = text.trim();
             if token.is_empty() {
@@ -705,6 +923,33 @@ impl RawNodeConfig {
                 })
                 .ok()
         });
+        let admin_tls_mode = match pick(self.admin_tls, env::ADMIN_TLS).as_deref() {
+            None | Some("auto") => AdminTls::Auto,
+            Some("on") => AdminTls::On,
+            Some("off") => AdminTls::Off,
+            Some(other) => {
+                errors.push(
+                    "admin_tls",
+                    format!("must be auto, on or off, got {other:?}"),
+                );
+                AdminTls::Auto
+            }
+        };
+        let admin_tls = match admin_tls_mode {
+            AdminTls::Off => false,
+            AdminTls::Auto => {
+                tls.is_some() && admin_listen.is_some_and(|address| !address.ip().is_loopback())
+            }
+            AdminTls::On => {
+                if tls.is_none() {
+                    errors.push(
+                        "admin_tls",
+                        "on needs the MCP listener's certificate: --tls-cert-file and --tls-key-file",
+                    );
+                }
+                true
+            }
+        };
         let otlp_endpoint = pick(self.otlp_endpoint, env::OTLP_ENDPOINT)
             .filter(|text| !text.trim().is_empty())
             .and_then(|text| {
@@ -861,17 +1106,17 @@ impl RawNodeConfig {
             allow_loopback_client_metadata,
         };
 
-        match (listen, control_plane_url, node_token, state_dir, state_key) {
-            (Some(listen), Some(url), Some(node_token), Some(state_dir), Some(state_key))
-                if errors.is_empty() =>
-            {
+        match (listen, control_plane_url, state_dir, state_key) {
+            (Some(listen), Some(url), Some(state_dir), Some(state_key)) if errors.is_empty() => {
                 Ok(NodeConfig {
                     node_id,
                     listen,
                     public_url,
+                    tls,
                     control_plane: ControlPlaneConfig {
                         url,
                         ca_pem,
+                        client_identity,
                         node_token,
                     },
                     state_dir,
@@ -882,6 +1127,7 @@ impl RawNodeConfig {
                     allowed_upstream_hosts,
                     oauth,
                     admin_listen,
+                    admin_tls,
                     otlp_endpoint,
                     audit,
                     rate_limits,
@@ -921,7 +1167,10 @@ mod tests {
         assert_eq!(config.node_id, "node-1");
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(config.public_url, None);
-        assert_eq!(config.control_plane.node_token.expose(), "token-abc");
+        assert_eq!(
+            config.control_plane.node_token.as_ref().unwrap().expose(),
+            "token-abc"
+        );
         assert_eq!(config.limits, ProxyLimits::default());
         assert_eq!(
             config.drain_timeout,
@@ -1006,7 +1255,10 @@ mod tests {
             ..RawNodeConfig::default()
         };
         let config = raw.validate(&environment).unwrap();
-        assert_eq!(config.control_plane.node_token.expose(), "file-token");
+        assert_eq!(
+            config.control_plane.node_token.as_ref().unwrap().expose(),
+            "file-token"
+        );
 
         let raw = RawNodeConfig {
             state_key_file: Some(dir.path().join("missing.key")),
@@ -1188,6 +1440,193 @@ mod tests {
                 "trusted_proxies"
             ]
         );
+    }
+
+    /// A certificate and its key in `dir` (`<name>.pem`, `<name>.key`), and a foreign key.
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let certified = rcgen::generate_simple_self_signed(vec!["node-1".to_owned()]).unwrap();
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        let foreign = dir.join(format!("{name}-foreign.key"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        std::fs::write(
+            &foreign,
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        (cert, key, foreign)
+    }
+
+    fn fields(errors: &ValidationErrors) -> Vec<&str> {
+        errors
+            .violations
+            .iter()
+            .map(|violation| violation.field.as_str())
+            .collect()
+    }
+
+    fn https_env() -> HashMap<String, String> {
+        let mut environment = complete_env();
+        environment.insert(
+            env::CONTROL_PLANE.to_owned(),
+            "https://control-plane.internal:7300".to_owned(),
+        );
+        environment
+    }
+
+    #[test]
+    fn a_client_certificate_replaces_the_node_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = write_pair(dir.path(), "node");
+        let mut environment = https_env();
+        environment.remove(env::NODE_TOKEN);
+        environment.insert(
+            env::CONTROL_PLANE_CLIENT_CERT_FILE.to_owned(),
+            cert.display().to_string(),
+        );
+        let raw = RawNodeConfig {
+            control_plane_client_key_file: Some(key),
+            ..RawNodeConfig::default()
+        };
+        let config = raw.validate(&environment).unwrap();
+        assert!(config.control_plane.client_identity.is_some());
+        assert!(config.control_plane.node_token.is_none());
+        assert!(!format!("{config:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn client_certificate_problems_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, foreign) = write_pair(dir.path(), "node");
+        let check = |raw: RawNodeConfig, environment: &HashMap<String, String>| {
+            let errors = raw.validate(environment).unwrap_err();
+            (
+                fields(&errors).iter().map(|f| (*f).to_owned()).collect(),
+                errors.to_string(),
+            )
+        };
+        let (fields_, _): (Vec<String>, _) = check(
+            RawNodeConfig {
+                control_plane_client_cert_file: Some(cert.clone()),
+                ..RawNodeConfig::default()
+            },
+            &https_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_key_file"]);
+        let (fields_, _) = check(
+            RawNodeConfig {
+                control_plane_client_key_file: Some(key.clone()),
+                ..RawNodeConfig::default()
+            },
+            &https_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_cert_file"]);
+        let (fields_, message) = check(
+            RawNodeConfig {
+                control_plane_client_cert_file: Some(dir.path().join("missing.pem")),
+                control_plane_client_key_file: Some(key.clone()),
+                ..RawNodeConfig::default()
+            },
+            &https_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_cert_file"]);
+        assert!(message.contains("cannot read"), "{message}");
+        let (fields_, message) = check(
+            RawNodeConfig {
+                control_plane_client_cert_file: Some(cert.clone()),
+                control_plane_client_key_file: Some(key.clone()),
+                ..RawNodeConfig::default()
+            },
+            &complete_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_cert_file"]);
+        assert!(message.contains("https"), "{message}");
+        let (fields_, message) = check(
+            RawNodeConfig {
+                control_plane_client_cert_file: Some(cert.clone()),
+                control_plane_client_key_file: Some(foreign),
+                ..RawNodeConfig::default()
+            },
+            &https_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_key_file"]);
+        assert!(message.contains("do not go together"), "{message}");
+        assert!(!message.contains("PRIVATE KEY"), "{message}");
+        let (fields_, _) = check(
+            RawNodeConfig {
+                control_plane_client_cert_file: Some(key.clone()),
+                control_plane_client_key_file: Some(key),
+                ..RawNodeConfig::default()
+            },
+            &https_env(),
+        );
+        assert_eq!(fields_, ["control_plane_client_cert_file"]);
+    }
+
+    #[test]
+    fn listener_tls_and_the_admin_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = write_pair(dir.path(), "server");
+        let with_tls = |admin_listen: &str, admin_tls: Option<&str>| RawNodeConfig {
+            tls_cert_file: Some(cert.clone()),
+            tls_key_file: Some(key.clone()),
+            admin_listen: Some(admin_listen.to_owned()),
+            admin_tls: admin_tls.map(str::to_owned),
+            ..RawNodeConfig::default()
+        };
+        let config = with_tls("127.0.0.1:0", None)
+            .validate(&complete_env())
+            .unwrap();
+        assert!(config.tls.is_some());
+        assert!(
+            !config.admin_tls,
+            "a loopback admin listener stays plaintext"
+        );
+        let config = with_tls("0.0.0.0:7401", None)
+            .validate(&complete_env())
+            .unwrap();
+        assert!(config.admin_tls);
+        let config = with_tls("0.0.0.0:7401", Some("off"))
+            .validate(&complete_env())
+            .unwrap();
+        assert!(!config.admin_tls);
+        let config = with_tls("127.0.0.1:0", Some("on"))
+            .validate(&complete_env())
+            .unwrap();
+        assert!(config.admin_tls);
+
+        let config = RawNodeConfig::default().validate(&complete_env()).unwrap();
+        assert!(config.tls.is_none() && !config.admin_tls);
+        let errors = RawNodeConfig {
+            admin_tls: Some("on".to_owned()),
+            ..RawNodeConfig::default()
+        }
+        .validate(&complete_env())
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["admin_tls"]);
+        let errors = RawNodeConfig {
+            admin_tls: Some("maybe".to_owned()),
+            ..RawNodeConfig::default()
+        }
+        .validate(&complete_env())
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["admin_tls"]);
+        let errors = RawNodeConfig {
+            tls_cert_file: Some(cert),
+            ..RawNodeConfig::default()
+        }
+        .validate(&complete_env())
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["tls_key_file"]);
+        let errors = RawNodeConfig {
+            tls_cert_file: Some(dir.path().join("missing.pem")),
+            tls_key_file: Some(key),
+            ..RawNodeConfig::default()
+        }
+        .validate(&complete_env())
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["tls_cert_file"]);
     }
 
     #[test]
