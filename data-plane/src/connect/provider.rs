@@ -159,11 +159,19 @@ fn text(fields: &Map<String, Value>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The RFC 8707 resource of an MCP server's upstream: its URL without a fragment.
+/// The RFC 8707 resource of an MCP server's upstream: its URL without a fragment, and
+/// without the `/` a URL parser gives a pathless URL (`https://mcp.example.com`, not
+/// `https://mcp.example.com/`: the MCP specification's canonical form, and authorization
+/// servers compare resources as strings).
 pub fn resource_of(upstream_url: &Url) -> String {
     let mut url = upstream_url.clone();
     url.set_fragment(None);
-    url.to_string()
+    let text = url.to_string();
+    if url.path() == "/" && url.query().is_none() {
+        text.trim_end_matches('/').to_owned()
+    } else {
+        text
+    }
 }
 
 /// What a code exchange sends besides the code.
@@ -351,6 +359,23 @@ mod tests {
         assert_eq!(
             resource_of(&Url::parse("https://API.example.com/mcp#x").unwrap()),
             "https://api.example.com/mcp"
+        );
+        // A pathless upstream: no trailing slash added; a path keeps its own.
+        assert_eq!(
+            resource_of(&Url::parse("https://mcp.example.com").unwrap()),
+            "https://mcp.example.com"
+        );
+        assert_eq!(
+            resource_of(&Url::parse("http://127.0.0.1:8080/#f").unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            resource_of(&Url::parse("https://mcp.example.com/mcp/").unwrap()),
+            "https://mcp.example.com/mcp/"
+        );
+        assert_eq!(
+            resource_of(&Url::parse("https://mcp.example.com/?tenant=a").unwrap()),
+            "https://mcp.example.com/?tenant=a"
         );
     }
 
