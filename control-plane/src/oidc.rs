@@ -149,7 +149,7 @@ impl OidcVerifier {
             url: url.to_owned(),
             reason,
         };
-        let response = self
+        let mut response = self
             .http
             .get(url)
             .send()
@@ -158,12 +158,17 @@ impl OidcVerifier {
         if !response.status().is_success() {
             return Err(error(format!("HTTP {}", response.status())));
         }
-        let bytes = response
-            .bytes()
+        // Bounded while reading, not after.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| error(e.without_url().to_string()))?;
-        if bytes.len() > MAX_JWKS_BYTES {
-            return Err(error("document too large".to_owned()));
+            .map_err(|e| error(e.without_url().to_string()))?
+        {
+            if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(error("document too large".to_owned()));
+            }
+            bytes.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))
     }

@@ -624,14 +624,21 @@ impl Vault {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let body = response
-            .bytes()
+        // Read chunk by chunk: a provider answering gigabytes is refused at the bound, not
+        // buffered first.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|error| VaultError::ProviderUnavailable(error.without_url().to_string()))?;
-        if body.len() > MAX_PROVIDER_RESPONSE {
-            return Err(VaultError::ProviderMalformed(
-                "response too large".to_owned(),
-            ));
+            .map_err(|error| VaultError::ProviderUnavailable(error.without_url().to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_PROVIDER_RESPONSE {
+                return Err(VaultError::ProviderMalformed(
+                    "response too large".to_owned(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
         }
         if status.is_server_error() {
             return Err(VaultError::ProviderUnavailable(format!("HTTP {status}")));
