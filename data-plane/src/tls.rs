@@ -271,6 +271,49 @@ mod tests {
         assert!(matches!(error, KeyPairError::Key(_)));
     }
 
+    #[tokio::test]
+    async fn plaintext_http_is_answered_400_and_tls_is_served() {
+        let (cert, key, _) = pair();
+        let config = server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = TlsListener::new(tcp, config).unwrap();
+        let address = axum::serve::Listener::local_addr(&listener).unwrap();
+
+        let mut plaintext = TcpStream::connect(address).await.unwrap();
+        plaintext
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        plaintext.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, PLAINTEXT_REFUSAL);
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(parse_certificates(cert.as_bytes()).unwrap().remove(0))
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (connected, accepted) = tokio::join!(
+            async {
+                let tcp = TcpStream::connect(address).await.unwrap();
+                connector
+                    .connect("localhost".try_into().unwrap(), tcp)
+                    .await
+            },
+            axum::serve::Listener::accept(&mut listener),
+        );
+        assert!(connected.is_ok());
+        assert_eq!(
+            accepted.1,
+            connected.unwrap().get_ref().0.local_addr().unwrap()
+        );
+    }
+
     #[test]
     fn the_refusal_announces_its_length() {
         let text = std::str::from_utf8(PLAINTEXT_REFUSAL).unwrap();
