@@ -118,18 +118,30 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// Builds the endpoint with its TLS and timeouts; no network traffic yet.
+/// The variable naming the CA file when `--ca-file` is not given.
+pub const CA_FILE_VARIABLE: &str = "PORTCULLIS_CA_FILE";
+
+/// Builds the endpoint with its TLS and timeouts; no network traffic yet. The CA file is
+/// `--ca-file`, else `PORTCULLIS_CA_FILE` (used only for an https endpoint, so it can stay
+/// exported while talking to a plaintext one).
 pub fn endpoint(
     connection: &ConnectionArgs,
     environment: &dyn Environment,
 ) -> Result<Endpoint, CliError> {
     let url = endpoint_url(connection, environment);
+    let ca_file = connection.ca_file.clone().or_else(|| {
+        url.starts_with("https:")
+            .then(|| environment.var(CA_FILE_VARIABLE))
+            .flatten()
+            .filter(|path| !path.is_empty())
+            .map(std::path::PathBuf::from)
+    });
     let timeout = Duration::from_secs(connection.timeout_secs);
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|error| CliError::Usage(format!("invalid endpoint {url:?}: {error}")))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    match (endpoint.uri().scheme_str(), &connection.ca_file) {
+    match (endpoint.uri().scheme_str(), &ca_file) {
         (Some("http"), None) => Ok(endpoint),
         (Some("http"), Some(_)) => Err(CliError::Usage(
             "--ca-file needs an https endpoint".to_owned(),
@@ -147,7 +159,8 @@ pub fn endpoint(
         // Without a CA the client would trust nothing; naming the flag beats a handshake
         // failure.
         (Some("https"), None) => Err(CliError::Usage(
-            "an https endpoint needs --ca-file (the CA that signed the control plane's certificate)"
+            "an https endpoint needs --ca-file or PORTCULLIS_CA_FILE (the CA that signed the \
+             control plane's certificate)"
                 .to_owned(),
         )),
         _ => Err(CliError::Usage(format!(
@@ -266,6 +279,25 @@ mod tests {
         };
         assert!(matches!(endpoint(&other, &empty), Err(CliError::Usage(_))));
         assert!(endpoint(&connection(), &empty).is_ok());
+    }
+
+    #[test]
+    fn the_ca_file_may_come_from_the_environment() {
+        let directory = tempfile::tempdir().unwrap();
+        let missing = directory.path().join("missing-ca.pem");
+        let environment =
+            BTreeMap::from([(CA_FILE_VARIABLE.to_owned(), missing.display().to_string())]);
+        let https = ConnectionArgs {
+            endpoint: Some("https://cp.example.com".to_owned()),
+            ..connection()
+        };
+        // The variable is used (and its file read) for https...
+        assert!(matches!(
+            endpoint(&https, &environment),
+            Err(CliError::ReadFile { path, .. }) if path == missing
+        ));
+        // ...and ignored for a plaintext endpoint.
+        assert!(endpoint(&connection(), &environment).is_ok());
     }
 
     #[tokio::test]
