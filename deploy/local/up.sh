@@ -3,11 +3,23 @@
 # the control plane (event log on sled), two gateway nodes, a demo upstream MCP server and
 # the demo configuration (deploy/local/demo.yaml). Ctrl-C stops everything.
 #
-#   deploy/local/up.sh            build, start, print how to connect, wait for ctrl-c
-#   deploy/local/up.sh --check    the same, then check both nodes serve the demo and stop
+#   deploy/local/up.sh              build, start, print how to connect, wait for ctrl-c
+#   deploy/local/up.sh --check      the same, then check both nodes serve the demo and stop
+#   deploy/local/up.sh --node-tls   the nodes' MCP listeners speak TLS too (https:// URLs)
+#   deploy/local/up.sh --plaintext  no TLS anywhere: nodes authenticate with the node token
 #
-# Keys, tokens, logs and data live in .portcullis-dev/ (PORTCULLIS_DEV_DIR); they are made
-# on the first run and reused after. Ports: PORTCULLIS_CP_PORT (7300),
+# TLS: by default every link to the control plane runs over TLS with mTLS: the control
+# plane's gRPC listener presents a development certificate, nodes authenticate with client
+# certificates (common name = node id) instead of the node token, and portcullisctl trusts
+# the development CA. The certificates come from `portcullis-control-plane dev-certs` into
+# .portcullis-dev/certs/ (ca.pem is what clients trust). The nodes' MCP listeners stay
+# plaintext on loopback by default, so any MCP client works without trusting a CA;
+# --node-tls puts them on TLS with the same development CA (clients then need ca.pem, e.g.
+# NODE_EXTRA_CA_CERTS for Node.js clients, --cacert for curl). Options combine, in any
+# order.
+#
+# Keys, tokens, certificates, logs and data live in .portcullis-dev/ (PORTCULLIS_DEV_DIR);
+# they are made on the first run and reused after. Ports: PORTCULLIS_CP_PORT (7300),
 # PORTCULLIS_NODE_PORTS ("7400 7401"), PORTCULLIS_DEMO_UPSTREAM_PORT (7500).
 # PORTCULLIS_PROFILE=release builds optimised binaries; PORTCULLIS_SKIP_BUILD=1 uses the
 # binaries already built, from PORTCULLIS_BIN_DIR if set (default: target/<profile>).
@@ -20,7 +32,27 @@ read -r -a NODE_PORTS <<<"${PORTCULLIS_NODE_PORTS:-7400 7401}"
 UPSTREAM_PORT="${PORTCULLIS_DEMO_UPSTREAM_PORT:-7500}"
 PROFILE="${PORTCULLIS_PROFILE:-dev}"
 CHECK=false
-[[ "${1:-}" == "--check" ]] && CHECK=true
+CP_TLS=true
+NODE_TLS=false
+for argument in "$@"; do
+    case "$argument" in
+        --check) CHECK=true ;;
+        --node-tls) NODE_TLS=true ;;
+        --plaintext) CP_TLS=false ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            printf 'up.sh: unknown option %s (see --help)\n' "$argument" >&2
+            exit 64
+            ;;
+    esac
+done
+if $NODE_TLS && ! $CP_TLS; then
+    printf 'up.sh: --node-tls and --plaintext exclude each other\n' >&2
+    exit 64
+fi
 
 case "$PROFILE" in release) PROFILE_DIR=release ;; *) PROFILE_DIR=debug ;; esac
 BIN="${PORTCULLIS_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR}"
@@ -51,6 +83,26 @@ for index in "${!NODE_PORTS[@]}"; do
     key="$DEV_DIR/node-$((index + 1))-state.key"
     [[ -f "$key" ]] || "$BIN/portcullis-control-plane" generate-key --out "$key" >/dev/null
 done
+# Development certificates: a CA, a server certificate for 127.0.0.1 and localhost (the
+# control plane's listener, and the nodes' with --node-tls), a client certificate per node.
+# Made again when one is missing (e.g. more nodes than last time).
+CERTS="$DEV_DIR/certs"
+if $CP_TLS; then
+    certs_complete=true
+    for file in ca.pem server.pem server.key; do
+        [[ -f "$CERTS/$file" ]] || certs_complete=false
+    done
+    node_cert_args=()
+    for index in "${!NODE_PORTS[@]}"; do
+        node="node-$((index + 1))"
+        node_cert_args+=(--node "$node")
+        [[ -f "$CERTS/node-$node.pem" && -f "$CERTS/node-$node.key" ]] || certs_complete=false
+    done
+    if ! $certs_complete; then
+        "$BIN/portcullis-control-plane" dev-certs --out "$CERTS" "${node_cert_args[@]}" >/dev/null
+    fi
+fi
+
 hash() { "$BIN/portcullis-control-plane" hash-token <"$1"; }
 cat >"$DEV_DIR/access.yaml" <<YAML
 tokens:
@@ -98,14 +150,27 @@ $(tail -n 20 "$DEV_DIR/logs/$name.log")"
 say "starting the demo upstream MCP server on 127.0.0.1:$UPSTREAM_PORT"
 start echo-upstream "$BIN/echo-upstream" --listen "127.0.0.1:$UPSTREAM_PORT"
 
-say "starting the control plane on 127.0.0.1:$CP_PORT (data in $DEV_DIR/control-plane)"
+CP_TLS_ARGS=()
+NODE_CP_ARGS=(--node-token-file "$DEV_DIR/node.token")
+NODE_SCHEME=http
+if $CP_TLS; then
+    CP_TLS_ARGS=(--tls-cert-file "$CERTS/server.pem" --tls-key-file "$CERTS/server.key"
+        --client-ca-file "$CERTS/ca.pem")
+    export PORTCULLIS_ENDPOINT="https://127.0.0.1:$CP_PORT"
+    # portcullisctl trusts the development CA through this variable.
+    export PORTCULLIS_CA_FILE="$CERTS/ca.pem"
+    say "starting the control plane on 127.0.0.1:$CP_PORT with TLS and node mTLS (data in $DEV_DIR/control-plane)"
+else
+    export PORTCULLIS_ENDPOINT="http://127.0.0.1:$CP_PORT"
+    say "starting the control plane on 127.0.0.1:$CP_PORT, plaintext (data in $DEV_DIR/control-plane)"
+fi
 start control-plane "$BIN/portcullis-control-plane" \
     --data-dir "$DEV_DIR/control-plane" \
     --listen "127.0.0.1:$CP_PORT" \
     --master-key-file "$DEV_DIR/master.key" \
-    --access-file "$DEV_DIR/access.yaml"
+    --access-file "$DEV_DIR/access.yaml" \
+    "${CP_TLS_ARGS[@]}"
 
-export PORTCULLIS_ENDPOINT="http://127.0.0.1:$CP_PORT"
 export PORTCULLIS_TOKEN
 PORTCULLIS_TOKEN="$(cat "$DEV_DIR/admin.token")"
 
@@ -118,15 +183,27 @@ PORTCULLIS_DEMO_BEARER="$(cat "$DEV_DIR/demo-bearer")" \
 for index in "${!NODE_PORTS[@]}"; do
     node="node-$((index + 1))"
     port="${NODE_PORTS[$index]}"
-    say "starting $node on 127.0.0.1:$port"
+    node_args=("${NODE_CP_ARGS[@]}")
+    if $CP_TLS; then
+        # mTLS: the client certificate names the node; no node token needed.
+        node_args=(--control-plane-ca-file "$CERTS/ca.pem"
+            --control-plane-client-cert-file "$CERTS/node-$node.pem"
+            --control-plane-client-key-file "$CERTS/node-$node.key")
+    fi
+    if $NODE_TLS; then
+        NODE_SCHEME=https
+        node_args+=(--tls-cert-file "$CERTS/server.pem" --tls-key-file "$CERTS/server.key")
+    fi
+    say "starting $node on $NODE_SCHEME://127.0.0.1:$port"
     start "$node" "$BIN/portcullis-node" \
         --node-id "$node" \
         --listen "127.0.0.1:$port" \
         --control-plane "$PORTCULLIS_ENDPOINT" \
-        --node-token-file "$DEV_DIR/node.token" \
         --state-dir "$DEV_DIR/$node" \
-        --state-key-file "$DEV_DIR/$node-state.key"
+        --state-key-file "$DEV_DIR/$node-state.key" \
+        "${node_args[@]}"
 done
+NODE_URL="$NODE_SCHEME://127.0.0.1:${NODE_PORTS[0]}"
 
 # Wait until every node applied the latest snapshot.
 nodes_ready() {
@@ -138,22 +215,41 @@ for _ in $(seq 1 100); do
 done
 "$BIN/portcullisctl" fleet
 
+if $CP_TLS; then
+    CP_SECURITY="TLS; nodes authenticate by client certificate (mTLS)"
+    ADMIN_EXPORTS="PORTCULLIS_ENDPOINT=$PORTCULLIS_ENDPOINT PORTCULLIS_CA_FILE=$PORTCULLIS_CA_FILE"
+else
+    CP_SECURITY="plaintext"
+    ADMIN_EXPORTS="PORTCULLIS_ENDPOINT=$PORTCULLIS_ENDPOINT"
+fi
+if $NODE_TLS; then
+    NODE_SECURITY="TLS: clients trust $CERTS/ca.pem"
+    INSPECTOR="NODE_EXTRA_CA_CERTS=$CERTS/ca.pem npx @modelcontextprotocol/inspector --cli $NODE_URL/mcp/demo --method tools/list"
+    CLIENT_HINT="Claude Desktop / Cursor / VS Code: add a streamable HTTP server with that URL; the
+  client's system must trust $CERTS/ca.pem."
+else
+    NODE_SECURITY="plaintext on loopback; --node-tls for TLS"
+    INSPECTOR="npx @modelcontextprotocol/inspector --cli $NODE_URL/mcp/demo --method tools/list"
+    CLIENT_HINT="Claude Desktop / Cursor / VS Code: add a streamable HTTP server with that URL."
+fi
+
 cat <<TEXT
 
 Portcullis is running.
-  MCP servers:      http://127.0.0.1:${NODE_PORTS[0]}/mcp/demo       (API key added by the gateway)
-                    http://127.0.0.1:${NODE_PORTS[0]}/mcp/demo-bearer (bearer token added by the gateway)
-                    and the same paths on every node: ${NODE_PORTS[*]}
-  Control plane:    $PORTCULLIS_ENDPOINT (gRPC admin API; reflection is on)
+  MCP servers:      $NODE_URL/mcp/demo       (API key added by the gateway)
+                    $NODE_URL/mcp/demo-bearer (bearer token added by the gateway)
+                    and the same paths on every node: ${NODE_PORTS[*]} ($NODE_SECURITY)
+  Control plane:    $PORTCULLIS_ENDPOINT (gRPC admin API; reflection is on; $CP_SECURITY)
+  Certificates:     $(if $CP_TLS; then echo "$CERTS (CA for clients: $CERTS/ca.pem; development only)"; else echo "none (--plaintext)"; fi)
   Logs and data:    $DEV_DIR
 
 Point an MCP client at a server URL, for example:
-  npx @modelcontextprotocol/inspector --cli http://127.0.0.1:${NODE_PORTS[0]}/mcp/demo --method tools/list
-  Claude Desktop / Cursor / VS Code: add a streamable HTTP server with that URL.
+  $INSPECTOR
+  $CLIENT_HINT
 The demo upstream's echo_headers tool shows what the gateway sent upstream.
 
 Administer it:
-  export PORTCULLIS_ENDPOINT=$PORTCULLIS_ENDPOINT PORTCULLIS_TOKEN=\$(cat $DEV_DIR/admin.token)
+  export $ADMIN_EXPORTS PORTCULLIS_TOKEN=\$(cat $DEV_DIR/admin.token)
   $BIN/portcullisctl server list
   $BIN/portcullisctl history server demo
 TEXT
@@ -162,9 +258,10 @@ TEXT
 # leaves the response headers and body in $DEV_DIR/check.headers and check.body, and
 # prints the HTTP status.
 mcp_post() {
-    local session_header=()
+    local session_header=() tls_args=()
     [[ -n "$3" ]] && session_header=(-H "mcp-session-id: $3")
-    curl -sS --max-time 10 -D "$DEV_DIR/check.headers" -o "$DEV_DIR/check.body" \
+    $NODE_TLS && tls_args=(--cacert "$CERTS/ca.pem")
+    curl -sS --max-time 10 "${tls_args[@]}" -D "$DEV_DIR/check.headers" -o "$DEV_DIR/check.body" \
         -w '%{http_code}' -X POST \
         -H 'content-type: application/json' \
         -H 'accept: application/json, text/event-stream' \
@@ -195,9 +292,14 @@ if $CHECK; then
     command -v curl >/dev/null || die "--check needs curl"
     nodes_ready || die "a node is behind the latest snapshot"
     for port in "${NODE_PORTS[@]}"; do
-        check_tool_sees "http://127.0.0.1:$port/mcp/demo" echo_headers "$(cat "$DEV_DIR/demo-api-key")"
-        check_tool_sees "http://127.0.0.1:$port/mcp/demo-bearer" whoami "Bearer $(cat "$DEV_DIR/demo-bearer")"
+        check_tool_sees "$NODE_SCHEME://127.0.0.1:$port/mcp/demo" echo_headers "$(cat "$DEV_DIR/demo-api-key")"
+        check_tool_sees "$NODE_SCHEME://127.0.0.1:$port/mcp/demo-bearer" whoami "Bearer $(cat "$DEV_DIR/demo-bearer")"
     done
+    if $NODE_TLS; then
+        # The MCP listeners speak TLS only: plaintext HTTP gets no MCP answer.
+        status="$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:${NODE_PORTS[0]}/readyz" 2>/dev/null || true)"
+        [[ "$status" != 2* ]] || die "a node's TLS listener answered plaintext HTTP with $status"
+    fi
     rm -f "$DEV_DIR/check.headers" "$DEV_DIR/check.body"
     say "check passed"
     exit 0
