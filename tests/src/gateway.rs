@@ -6,6 +6,9 @@
 //! so a process can be killed and started again on the same files. [`ControlPlane`] and
 //! [`Node`] are the binaries started on loopback ports the OS chooses; [`AdminClient`] is the
 //! generated gRPC client with the admin bearer token; [`Gateway`] puts them together.
+//! [`DevCerts`] (from `portcullis-control-plane dev-certs`) and [`GatewayTls`] run the same
+//! with TLS on the control plane's listener, mTLS for the nodes and TLS on the nodes'
+//! listeners.
 //!
 //! Nothing here sleeps to synchronise: every wait polls an observable state (a node's
 //! `/readyz`, the control plane's `FleetStatus`) until a deadline.
@@ -119,6 +122,11 @@ impl GatewayFiles {
         self.folder().join(format!("{node_id}-state"))
     }
 
+    /// Development certificates in `<folder>/certs` for `node_ids` (see [`DevCerts`]).
+    pub fn dev_certs(&self, node_ids: &[&str]) -> anyhow::Result<DevCerts> {
+        DevCerts::create(&self.folder().join("certs"), node_ids)
+    }
+
     /// A node's state key file, made on first use and kept for restarts.
     pub fn node_state_key_file(&self, node_id: &str) -> anyhow::Result<PathBuf> {
         let path = self.folder().join(format!("{node_id}-state.key"));
@@ -127,6 +135,73 @@ impl GatewayFiles {
         }
         Ok(path)
     }
+}
+
+/// What `portcullis-control-plane dev-certs` writes: a CA, a server certificate for
+/// `127.0.0.1` and `localhost` (used by the control plane and by nodes' TLS listeners), and
+/// a client certificate per node id (common name = node id).
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    dir: PathBuf,
+}
+
+impl DevCerts {
+    /// Runs `portcullis-control-plane dev-certs --out <dir> --node <id>...`.
+    pub fn create(dir: &Path, node_ids: &[&str]) -> anyhow::Result<Self> {
+        let output = Command::new(paths::workspace_binary("portcullis-control-plane")?)
+            .arg("dev-certs")
+            .arg("--out")
+            .arg(dir)
+            .args(node_ids.iter().flat_map(|id| ["--node", id]))
+            .output()
+            .context("cannot run portcullis-control-plane dev-certs")?;
+        if !output.status.success() {
+            bail!(
+                "dev-certs failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    pub fn node_cert(&self, node_id: &str) -> PathBuf {
+        self.dir.join(format!("node-{node_id}.pem"))
+    }
+
+    pub fn node_key(&self, node_id: &str) -> PathBuf {
+        self.dir.join(format!("node-{node_id}.key"))
+    }
+
+    /// An HTTP client that trusts only the development CA.
+    pub fn https_client(&self) -> anyhow::Result<reqwest::Client> {
+        https_client(Some(&self.ca()))
+    }
+}
+
+/// An HTTP client for the tests: trusting only `ca` when given.
+pub fn https_client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        builder = builder.tls_certs_only([
+            reqwest::Certificate::from_pem(&pem).context("the CA file is not PEM")?
+        ]);
+    }
+    builder.build().context("cannot build an HTTP client")
 }
 
 /// The control plane could not bind the address it was asked to bind, because another
@@ -149,12 +224,38 @@ impl std::error::Error for PortTaken {}
 pub struct ControlPlane {
     process: ChildProcess,
     files: Arc<GatewayFiles>,
+    /// With TLS on its listener: the CA that signed its certificate.
+    ca: Option<PathBuf>,
 }
 
 impl ControlPlane {
     /// Starts on a loopback port the OS chooses.
     pub async fn start(files: &Arc<GatewayFiles>) -> anyhow::Result<Self> {
         Self::start_listening_on(files, "127.0.0.1:0", &[]).await
+    }
+
+    /// Starts with TLS on its listener (the server certificate of `certs`), and with `mtls`
+    /// nodes authenticating by client certificate (`--client-ca-file`).
+    pub async fn start_tls(
+        files: &Arc<GatewayFiles>,
+        certs: &DevCerts,
+        mtls: bool,
+    ) -> anyhow::Result<Self> {
+        let cert = certs.server_cert();
+        let key = certs.server_key();
+        let ca = certs.ca();
+        let mut args = vec![
+            "--tls-cert-file",
+            path_str(&cert)?,
+            "--tls-key-file",
+            path_str(&key)?,
+        ];
+        if mtls {
+            args.extend(["--client-ca-file", path_str(&ca)?]);
+        }
+        let mut control_plane = Self::start_listening_on(files, "127.0.0.1:0", &args).await?;
+        control_plane.ca = Some(ca);
+        Ok(control_plane)
     }
 
     /// Like [`Self::start`], with extra flags (e.g. `--http-listen 127.0.0.1:0`).
@@ -212,6 +313,7 @@ impl ControlPlane {
         Ok(Self {
             process,
             files: files.clone(),
+            ca: None,
         })
     }
 
@@ -219,9 +321,13 @@ impl ControlPlane {
         self.process.address()
     }
 
-    /// The URL nodes and admin clients use, `http://127.0.0.1:<port>`.
+    /// The URL nodes and admin clients use, `http://127.0.0.1:<port>`, or `https://` with
+    /// TLS.
     pub fn url(&self) -> String {
-        self.process.http_url("")
+        match self.ca {
+            None => self.process.http_url(""),
+            Some(_) => format!("https://{}", self.address()),
+        }
     }
 
     pub fn files(&self) -> &Arc<GatewayFiles> {
@@ -234,9 +340,9 @@ impl ControlPlane {
             .map(|address| format!("http://{address}"))
     }
 
-    /// A connected admin client carrying the admin token.
+    /// A connected admin client carrying the admin token (trusting the CA with TLS).
     pub async fn admin(&self) -> anyhow::Result<AdminClient> {
-        admin_client(&self.url(), self.files.admin_token()).await
+        admin_client_trusting(&self.url(), self.files.admin_token(), self.ca.as_deref()).await
     }
 
     /// SIGKILL: a crash, no chance to flush or say goodbye to the nodes.
@@ -286,11 +392,35 @@ impl Interceptor for BearerToken {
 /// The generated admin client with a bearer token on every call.
 pub type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerToken>>;
 
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
 /// Connects an admin client to `url` with `token`.
 pub async fn admin_client(url: &str, token: &str) -> anyhow::Result<AdminClient> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+    admin_client_trusting(url, token, None).await
+}
+
+/// Connects an admin client to `url` with `token`, trusting `ca` for an https URL.
+pub async fn admin_client_trusting(
+    url: &str,
+    token: &str,
+    ca: Option<&Path>,
+) -> anyhow::Result<AdminClient> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .context("invalid control plane URL")?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .context("invalid TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to the control plane at {url}"))?;
@@ -337,12 +467,40 @@ pub fn fleet_node<'a>(
     reply.nodes.iter().find(|node| node.node_id == node_id)
 }
 
+/// TLS settings of a node (see [`Node::start_with_tls`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeTls {
+    /// `--control-plane-ca-file`: the CA of an https control plane.
+    pub control_plane_ca: Option<PathBuf>,
+    /// `--control-plane-client-cert-file` and `--control-plane-client-key-file` (mTLS);
+    /// the node token is then not passed at all.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// `--tls-cert-file` and `--tls-key-file` of the MCP listener, and the CA clients trust
+    /// it with.
+    pub listener: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+impl NodeTls {
+    /// From development certificates: the control plane's CA, with `mtls` the client
+    /// certificate of `node_id`, with `listener_tls` the server certificate on the MCP
+    /// listener.
+    pub fn from_dev_certs(certs: &DevCerts, node_id: &str, mtls: bool, listener_tls: bool) -> Self {
+        Self {
+            control_plane_ca: Some(certs.ca()),
+            client_certificate: mtls.then(|| (certs.node_cert(node_id), certs.node_key(node_id))),
+            listener: listener_tls.then(|| (certs.server_cert(), certs.server_key(), certs.ca())),
+        }
+    }
+}
+
 /// `portcullis-node` as a child process.
 #[derive(Debug)]
 pub struct Node {
     process: ChildProcess,
     node_id: String,
     http: reqwest::Client,
+    /// `http` or `https` (TLS on the MCP listener).
+    scheme: &'static str,
 }
 
 impl Node {
@@ -355,6 +513,24 @@ impl Node {
         control_plane_url: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_tls(
+            files,
+            node_id,
+            control_plane_url,
+            &NodeTls::default(),
+            extra_args,
+        )
+        .await
+    }
+
+    /// Like [`Self::start`], with the TLS settings of `tls`.
+    pub async fn start_with_tls(
+        files: &Arc<GatewayFiles>,
+        node_id: &str,
+        control_plane_url: &str,
+        tls: &NodeTls,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let binary = "portcullis-node";
         let mut command = Command::new(paths::workspace_binary(binary)?);
         command
@@ -364,12 +540,34 @@ impl Node {
             .arg("127.0.0.1:0")
             .arg("--control-plane")
             .arg(control_plane_url)
-            .arg("--node-token-file")
-            .arg(files.node_token_file())
             .arg("--state-dir")
             .arg(files.node_state_dir(node_id))
             .arg("--state-key-file")
             .arg(files.node_state_key_file(node_id)?);
+        match &tls.client_certificate {
+            Some((cert, key)) => {
+                command
+                    .arg("--control-plane-client-cert-file")
+                    .arg(cert)
+                    .arg("--control-plane-client-key-file")
+                    .arg(key);
+            }
+            None => {
+                command
+                    .arg("--node-token-file")
+                    .arg(files.node_token_file());
+            }
+        }
+        if let Some(ca) = &tls.control_plane_ca {
+            command.arg("--control-plane-ca-file").arg(ca);
+        }
+        if let Some((cert, key, _)) = &tls.listener {
+            command
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key);
+        }
         // Tests register clients and sign in many times from 127.0.0.1: budgets far above
         // what any test uses, still enforced (a flag in `extra_args` wins).
         for variable in [
@@ -386,14 +584,27 @@ impl Node {
             &format!("{binary} listening on "),
         )
         .await?;
+        let listener_ca = tls.listener.as_ref().map(|(_, _, ca)| ca.as_path());
         Ok(Self {
             process,
             node_id: node_id.to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .context("cannot build an HTTP client")?,
+            http: https_client(listener_ca)?,
+            scheme: if listener_ca.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         })
+    }
+
+    /// An HTTP client for this node's MCP listener (trusting its CA with TLS).
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// `<scheme>://127.0.0.1:<port><path>` of the MCP listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.address())
     }
 
     pub fn node_id(&self) -> &str {
@@ -410,16 +621,16 @@ impl Node {
             .map(|address| format!("http://{address}"))
     }
 
-    /// `http://127.0.0.1:<port>/mcp/<server>`.
+    /// `http://127.0.0.1:<port>/mcp/<server>` (`https://` with TLS).
     pub fn mcp_url(&self, server: &str) -> String {
-        self.process.http_url(&format!("/mcp/{server}"))
+        self.url(&format!("/mcp/{server}"))
     }
 
     /// The snapshot version the node serves (from `/readyz`), `None` before it has one.
     pub async fn snapshot_version(&self) -> anyhow::Result<Option<u64>> {
         let response = self
             .http
-            .get(self.process.http_url("/readyz"))
+            .get(self.url("/readyz"))
             .send()
             .await
             .with_context(|| format!("{} did not answer /readyz", self.node_id))?;
@@ -490,6 +701,17 @@ pub struct Gateway {
     pub control_plane: ControlPlane,
     pub nodes: Vec<Node>,
     pub admin: AdminClient,
+    /// The development certificates of a gateway started with TLS.
+    pub certs: Option<DevCerts>,
+}
+
+/// TLS of a [`Gateway`]: the control plane's listener always has TLS then.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayTls {
+    /// Nodes authenticate by client certificate (and have no node token).
+    pub mtls: bool,
+    /// The nodes' MCP listeners have TLS too.
+    pub node_listeners: bool,
 }
 
 impl Gateway {
@@ -504,19 +726,50 @@ impl Gateway {
         node_count: usize,
         node_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(node_count, None, node_args).await
+    }
+
+    /// Like [`Self::start_with_node_args`], with TLS on the control plane's listener and
+    /// what `tls` asks for, on development certificates.
+    pub async fn start_with_tls(
+        node_count: usize,
+        tls: GatewayTls,
+        node_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(node_count, Some(tls), node_args).await
+    }
+
+    async fn start_with(
+        node_count: usize,
+        tls: Option<GatewayTls>,
+        node_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let files = GatewayFiles::create()?;
-        let control_plane = ControlPlane::start(&files).await?;
+        let node_ids: Vec<String> = (1..=node_count)
+            .map(|index| format!("node-{index}"))
+            .collect();
+        let certs = match tls {
+            None => None,
+            Some(_) => {
+                Some(files.dev_certs(&node_ids.iter().map(String::as_str).collect::<Vec<_>>())?)
+            }
+        };
+        let control_plane = match (&certs, tls) {
+            (Some(certs), Some(tls)) => ControlPlane::start_tls(&files, certs, tls.mtls).await?,
+            _ => ControlPlane::start(&files).await?,
+        };
         let admin = control_plane.admin().await?;
         let mut nodes = Vec::with_capacity(node_count);
-        for index in 1..=node_count {
+        for node_id in &node_ids {
+            let node_tls = match (&certs, tls) {
+                (Some(certs), Some(tls)) => {
+                    NodeTls::from_dev_certs(certs, node_id, tls.mtls, tls.node_listeners)
+                }
+                _ => NodeTls::default(),
+            };
             nodes.push(
-                Node::start(
-                    &files,
-                    &format!("node-{index}"),
-                    &control_plane.url(),
-                    node_args,
-                )
-                .await?,
+                Node::start_with_tls(&files, node_id, &control_plane.url(), &node_tls, node_args)
+                    .await?,
             );
         }
         let mut gateway = Self {
@@ -524,6 +777,7 @@ impl Gateway {
             control_plane,
             nodes,
             admin,
+            certs,
         };
         let latest = gateway.latest_version().await?;
         gateway.wait_for_nodes(latest).await?;

@@ -42,6 +42,19 @@ impl std::error::Error for HttpFailure {}
 impl McpHttpSession {
     /// Initializes a session at `url`, sending `headers` with every request.
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build an HTTP client")?;
+        Self::connect_with(http, url, headers).await
+    }
+
+    /// Like [`Self::connect`], over `http` (e.g. a client trusting a test CA).
+    pub async fn connect_with(
+        http: reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut header_map = HeaderMap::new();
         for (name, value) in headers {
             header_map.append(
@@ -50,10 +63,7 @@ impl McpHttpSession {
             );
         }
         let mut session = Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("cannot build an HTTP client")?,
+            http,
             url: url.to_owned(),
             headers: header_map,
             session_id: None,

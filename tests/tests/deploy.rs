@@ -1,7 +1,9 @@
 //! `deploy/` stays true: every flag the systemd units and Kubernetes manifests pass exists
 //! in the binaries, the manifests hang together (selectors, ports, probes, Secrets, the
-//! autoscaler's target), they render with kustomize when kubectl is installed, and every
-//! example configuration applies to a real control plane.
+//! autoscaler's target), TLS is wired everywhere (the control plane's listener, the nodes'
+//! links to it, mTLS in the units, the nodes' listeners in the manifests), they render with
+//! kustomize when kubectl is installed, and every example configuration applies to a real
+//! control plane.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,36 @@ fn assert_flags_exist(binary: &str, text: &str, source: &Path) {
     );
 }
 
+/// The `ExecStart` command of a unit, continuation lines joined.
+fn exec_start(unit: &str) -> (PathBuf, String) {
+    let path = deploy_dir().join("systemd").join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let exec = text
+        .lines()
+        .skip_while(|line| !line.starts_with("ExecStart="))
+        .take_while(|line| line.starts_with("ExecStart=") || line.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (path, exec)
+}
+
+/// The value of `--flag value` or `--flag=value` in a command line.
+fn flag_value(command: &str, flag: &str) -> Option<String> {
+    let words: Vec<&str> = command
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .filter(|word| !word.is_empty())
+        .collect();
+    words.iter().enumerate().find_map(|(index, word)| {
+        if let Some(value) = word.strip_prefix(&format!("{flag}=")) {
+            Some(value.to_owned())
+        } else if *word == flag {
+            words.get(index + 1).map(|value| (*value).to_owned())
+        } else {
+            None
+        }
+    })
+}
+
 #[test]
 fn systemd_units_use_only_existing_flags() {
     for (unit, binary) in [
@@ -63,17 +95,36 @@ fn systemd_units_use_only_existing_flags() {
         ),
         ("portcullis-node@.service", "portcullis-node"),
     ] {
-        let path = deploy_dir().join("systemd").join(unit);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let exec: String = text
-            .lines()
-            .skip_while(|line| !line.starts_with("ExecStart="))
-            .take_while(|line| line.starts_with("ExecStart=") || line.starts_with("    "))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let (path, exec) = exec_start(unit);
         assert!(exec.contains(binary), "{unit} does not start {binary}");
         assert_flags_exist(binary, &exec, &path);
     }
+}
+
+#[test]
+fn systemd_units_run_tls_and_node_mtls() {
+    let (_, control_plane) = exec_start("portcullis-control-plane.service");
+    for flag in ["--tls-cert-file", "--tls-key-file", "--client-ca-file"] {
+        assert!(
+            flag_value(&control_plane, flag).is_some(),
+            "the control plane unit lacks {flag}"
+        );
+    }
+    let (_, node) = exec_start("portcullis-node@.service");
+    let url = flag_value(&node, "--control-plane").unwrap();
+    assert!(url.starts_with("https://"), "nodes reach {url}");
+    assert!(flag_value(&node, "--control-plane-ca-file").is_some());
+    // One client certificate per instance, named like `dev-certs` names them.
+    assert_eq!(
+        flag_value(&node, "--control-plane-client-cert-file").as_deref(),
+        Some("/etc/portcullis/node-%i.pem")
+    );
+    assert_eq!(
+        flag_value(&node, "--control-plane-client-key-file").as_deref(),
+        Some("/etc/portcullis/node-%i.key")
+    );
+    // Under mTLS the control plane refuses node tokens: the unit does not pass one.
+    assert!(flag_value(&node, "--node-token-file").is_none());
 }
 
 fn manifests() -> Vec<Value> {
@@ -167,6 +218,7 @@ fn kubernetes_manifests_hang_together() {
             container["securityContext"]["readOnlyRootFilesystem"] == true,
             "{name} should run with a read-only root filesystem"
         );
+        check_tls_wiring(name, template, &args);
     }
     let autoscaler = find(&documents, "HorizontalPodAutoscaler", "portcullis-node");
     assert_eq!(autoscaler["spec"]["scaleTargetRef"]["kind"], "Deployment");
@@ -181,6 +233,73 @@ fn kubernetes_manifests_hang_together() {
         "the control plane is a single writer"
     );
     assert!(control_plane["spec"]["volumeClaimTemplates"].is_array());
+}
+
+/// The listener certificate comes from the `<name>-tls` Secret mounted where the args read
+/// it, every file the args name lives in a mounted volume, and probes speak the listeners'
+/// protocol.
+fn check_tls_wiring(name: &str, template: &Value, args: &[String]) {
+    let container = &template["spec"]["containers"][0];
+    let mounts: Vec<(String, String)> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mount| {
+            (
+                mount["name"].as_str().unwrap().to_owned(),
+                mount["mountPath"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let volumes = template["spec"]["volumes"].as_array().unwrap();
+    let command = args.join(" ");
+    for flag in ["--tls-cert-file", "--tls-key-file"] {
+        let file = flag_value(&command, flag).unwrap_or_else(|| panic!("{name} lacks {flag}"));
+        let (volume, _) = mounts
+            .iter()
+            .find(|(_, path)| file.starts_with(&format!("{path}/")))
+            .unwrap_or_else(|| panic!("{name}: {file} is in no mounted volume"));
+        let secret = volumes
+            .iter()
+            .find(|candidate| candidate["name"] == volume.as_str())
+            .unwrap()["secret"]["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {file} is not from a Secret"));
+        assert_eq!(secret, format!("{name}-tls"));
+    }
+    for file in args
+        .iter()
+        .filter_map(|arg| arg.split_once("=/").map(|(_, path)| path))
+    {
+        let file = format!("/{file}");
+        if file.starts_with("/var/lib/") {
+            continue;
+        }
+        assert!(
+            mounts
+                .iter()
+                .any(|(_, path)| file.starts_with(&format!("{path}/"))),
+            "{name}: {file} is in no mounted volume"
+        );
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let probe = &container[probe];
+        assert!(
+            probe["grpc"].is_null(),
+            "{name}: the kubelet's gRPC probes cannot speak TLS"
+        );
+    }
+    if name == "portcullis-node" {
+        let url = flag_value(&command, "--control-plane").unwrap();
+        assert!(url.starts_with("https://"), "nodes reach {url}");
+        assert!(flag_value(&command, "--control-plane-ca-file").is_some());
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                container[probe]["httpGet"]["scheme"], "HTTPS",
+                "{name}: {probe} must speak TLS to a TLS listener"
+            );
+        }
+    }
 }
 
 #[test]

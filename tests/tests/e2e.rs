@@ -18,6 +18,7 @@ mod gateway_linking;
 mod gateway_outbound_headers;
 mod gateway_sso;
 mod gateway_telemetry;
+mod gateway_tls;
 mod harness;
 mod idp;
 mod local_deploy;

@@ -1,6 +1,6 @@
 //! The README's first command: `deploy/local/up.sh --check` starts the whole system on
-//! its embedded defaults (control plane, two nodes, demo upstream and configuration), checks
-//! that every node adds each demo server's credential, and stops.
+//! its embedded defaults (control plane with TLS and node mTLS, two nodes, demo upstream and
+//! configuration), checks that every node adds each demo server's credential, and stops.
 //!
 //! The script takes fixed ports, so the test picks free ones; another process may take one
 //! before the script binds it, and then the test runs the script again on fresh ports.
@@ -60,6 +60,24 @@ async fn deploy_local_up_check_starts_and_checks_the_whole_system() {
             assert!(
                 output.contains(&format!("http://127.0.0.1:{node_1}/mcp/demo")),
                 "the script prints the URL to point a client at: {output}"
+            );
+            // By default the control plane runs TLS with node mTLS on dev-certs
+            // certificates, and the script says which CA clients trust.
+            assert!(
+                output.contains(&format!("https://127.0.0.1:{control_plane}")),
+                "{output}"
+            );
+            let ca = dev_dir.path().join("certs/ca.pem");
+            assert!(ca.is_file(), "no development CA at {}", ca.display());
+            assert!(
+                output.contains(&format!("PORTCULLIS_CA_FILE={}", ca.display())),
+                "{output}"
+            );
+            let node_log =
+                std::fs::read_to_string(dev_dir.path().join("logs/node-1.log")).unwrap_or_default();
+            assert!(
+                !node_log.contains("snapshot stream lost"),
+                "node-1 lost its stream: {node_log}"
             );
             // Secrets stay in the dev folder: the script never prints them.
             for secret_file in ["admin.token", "node.token", "demo-api-key", "demo-bearer"] {
