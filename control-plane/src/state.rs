@@ -37,7 +37,7 @@ pub struct State {
     pub aggregate_revisions: BTreeMap<AggregateKey, u64>,
     #[serde(default)]
     pub gateway_keys: GatewayKeys<SealedSecret>,
-    #[serde(default)]
+    #[serde(default, with = "revoked_users_as_entries")]
     pub revoked_users: RevokedUsers,
     #[serde(default)]
     pub revoked_grants: RevokedGrants,
@@ -329,4 +329,101 @@ impl State {
 
 fn catalog(id: &str) -> Option<CatalogId> {
     CatalogId::parse(id).ok()
+}
+
+/// JSON object keys must be strings, and revoked users are keyed by (identity provider,
+/// subject), so a state snapshot holds them as a list of entries. Snapshots written before
+/// hold an empty map (a non-empty one could not be written at all), which still reads.
+mod revoked_users_as_entries {
+    use std::collections::BTreeMap;
+
+    use portcullis_shared::gateway::RevokedUsers;
+    use portcullis_shared::names::{CatalogId, UserId};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct EntryRef<'a> {
+        identity_provider: &'a CatalogId,
+        subject: &'a UserId,
+        revoked_at_unix: i64,
+    }
+
+    #[derive(Deserialize)]
+    struct Entry {
+        identity_provider: CatalogId,
+        subject: UserId,
+        revoked_at_unix: i64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Entries(Vec<Entry>),
+        Map(BTreeMap<String, i64>),
+    }
+
+    pub fn serialize<S: Serializer>(
+        users: &RevokedUsers,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            users
+                .iter()
+                .map(|((identity_provider, subject), at)| EntryRef {
+                    identity_provider,
+                    subject,
+                    revoked_at_unix: *at,
+                }),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<RevokedUsers, D::Error> {
+        match Stored::deserialize(deserializer)? {
+            Stored::Entries(entries) => Ok(entries
+                .into_iter()
+                .map(|entry| {
+                    (
+                        (entry.identity_provider, entry.subject),
+                        entry.revoked_at_unix,
+                    )
+                })
+                .collect()),
+            Stored::Map(map) if map.is_empty() => Ok(RevokedUsers::new()),
+            Stored::Map(_) => Err(serde::de::Error::custom(
+                "revoked users must be a list of entries",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_shared::names::UserId;
+
+    #[test]
+    fn a_state_with_revoked_users_persists_and_reads_back() {
+        let mut state = State::default();
+        state.revoked_users.insert(
+            (
+                CatalogId::parse("okta").unwrap(),
+                UserId::parse("00u1ab").unwrap(),
+            ),
+            1_800_000_000,
+        );
+        state.revoked_grants.insert("g-1".to_owned(), 1_800_000_060);
+        let bytes = serde_json::to_vec(&StoredState::V1(state.clone())).unwrap();
+        let StoredState::V1(back) = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, state);
+    }
+
+    #[test]
+    fn state_snapshots_written_with_an_empty_map_still_read() {
+        let mut json = serde_json::to_value(StoredState::V1(State::default())).unwrap();
+        json["revoked_users"] = serde_json::json!({});
+        let StoredState::V1(state) = serde_json::from_value(json).unwrap();
+        assert!(state.revoked_users.is_empty());
+    }
 }
