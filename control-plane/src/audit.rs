@@ -211,7 +211,11 @@ impl AuditLog {
         for event in &fresh {
             let bytes = event.encode_to_vec();
             let next = chain_hash(&hash, &bytes);
-            sequence += 1;
+            // Only a damaged or tampered last record can be at u64::MAX; wrapping to 0 would
+            // store the event before every other record.
+            sequence = sequence.checked_add(1).ok_or_else(|| {
+                AuditError::Storage("the audit trail's last sequence number is u64::MAX".to_owned())
+            })?;
             let mut value = Vec::with_capacity(64 + bytes.len());
             value.extend_from_slice(&hash);
             value.extend_from_slice(&next);
@@ -376,7 +380,8 @@ impl AuditLog {
                     expected_previous = hash;
                 }
             }
-            expected_sequence = sequence + 1;
+            // A tampered key may be u64::MAX (then it is the last one).
+            expected_sequence = sequence.saturating_add(1);
         }
         Ok(proto::VerifyAuditReply {
             records_checked: checked,
@@ -515,6 +520,29 @@ mod tests {
         let log = AuditLog::open(&db).unwrap();
         log.append(&[event(4, "dave")]).unwrap();
         assert!(log.verify().unwrap().intact);
+    }
+
+    /// Found by the `audit_record` fuzz target (tests/fuzz/regressions/audit_record/): a
+    /// record stored under the key u64::MAX made `verify` overflow, and `append` would
+    /// have wrapped to sequence 0, before every other record.
+    #[test]
+    fn a_record_at_the_last_sequence_number_is_reported_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        log.append(&[event(1, "alice")]).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let first = tree.get(1u64.to_be_bytes()).unwrap().unwrap();
+        tree.insert(u64::MAX.to_be_bytes(), first).unwrap();
+        let report = log.verify().unwrap();
+        assert!(!report.intact);
+        assert_eq!(report.records_checked, 2);
+        let log = AuditLog::open(&db).unwrap();
+        assert!(matches!(
+            log.append(&[event(2, "bob")]),
+            Err(AuditError::Storage(_))
+        ));
+        assert!(tree.get(0u64.to_be_bytes()).unwrap().is_none());
     }
 
     #[test]
