@@ -180,9 +180,14 @@ fn allowed_origin(errors: &mut ValidationErrors, field: &str, value: &str) -> Op
     Some(origin)
 }
 
-/// Validates a JWKS document: it parses, has at least one key, every key can verify, and
-/// every key is asymmetric. A symmetric (`oct`) key would make the verification secret
-/// public and invite HS/RS confusion, so it is refused.
+/// At most this many keys in an inline JWKS: what a node accepts (`jwt::keys::MAX_KEYS` in
+/// the data plane).
+pub const MAX_JWKS_KEYS: usize = 64;
+
+/// Validates a JWKS document: it parses, has at least one and at most [`MAX_JWKS_KEYS`]
+/// keys, every key is asymmetric and every key is one a node verifies signatures with. A
+/// symmetric (`oct`) key would make the verification secret public and invite HS/RS
+/// confusion, so it is refused.
 pub fn check_jwks_json(json: &str) -> Result<JwkSet, String> {
     if json.len() > MAX_VALUE_LEN {
         return Err(format!("must be at most {MAX_VALUE_LEN} bytes"));
@@ -191,6 +196,12 @@ pub fn check_jwks_json(json: &str) -> Result<JwkSet, String> {
         serde_json::from_str(json).map_err(|error| format!("malformed JWKS: {error}"))?;
     if set.keys.is_empty() {
         return Err("malformed JWKS: no keys".to_owned());
+    }
+    if set.keys.len() > MAX_JWKS_KEYS {
+        return Err(format!(
+            "the JWKS has {} keys; at most {MAX_JWKS_KEYS} are accepted",
+            set.keys.len()
+        ));
     }
     for (index, key) in set.keys.iter().enumerate() {
         if matches!(
@@ -203,8 +214,111 @@ pub fn check_jwks_json(json: &str) -> Result<JwkSet, String> {
         }
         jsonwebtoken::DecodingKey::from_jwk(key)
             .map_err(|error| format!("malformed JWKS: key {index} is unusable: {error}"))?;
+        if let Err(reason) = verification_key_check(key) {
+            return Err(format!(
+                "key {index} is unusable for signature verification: {reason}"
+            ));
+        }
     }
     Ok(set)
+}
+
+/// The rules by which a node takes a JWK as a verification key (`VerificationKey::from_jwk`
+/// in the data plane's `jwt/keys.rs`): not for encryption, `key_ops` (when present) allow
+/// `verify`, RSA from 2048 to 8192 bits, EC on P-256 or P-384 with coordinates of the
+/// curve's size, OKP on Ed25519, a declared `alg` that is a signature algorithm of the key's
+/// type, and a public key aws-lc-rs accepts. Without them the control plane stored servers
+/// that every node then refused (the `jwks_parse` fuzz target checks that both agree).
+fn verification_key_check(jwk: &jsonwebtoken::jwk::Jwk) -> Result<(), &'static str> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
+    use base64::Engine;
+    use jsonwebtoken::jwk::{
+        AlgorithmParameters, EllipticCurve, KeyAlgorithm, KeyOperations, PublicKeyUse,
+    };
+
+    let decode = |value: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .map_err(|_| "a key component is not base64url")
+    };
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err("the key is for encryption (use enc)");
+    }
+    if let Some(operations) = &jwk.common.key_operations
+        && !operations.contains(&KeyOperations::Verify)
+    {
+        return Err("the key's key_ops do not include verify");
+    }
+    use KeyAlgorithm::{ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512};
+    let (algorithms, public_key): (&[KeyAlgorithm], Vec<u8>) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(parameters) => {
+            let modulus = decode(&parameters.n)?;
+            let exponent = decode(&parameters.e)?;
+            let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
+            if !(256..=1024).contains(&significant) {
+                return Err("RSA keys must have from 2048 to 8192 bits");
+            }
+            let der = RsaPublicKeyComponents {
+                n: modulus.as_slice(),
+                e: exponent.as_slice(),
+            }
+            .as_der()
+            .map_err(|_| "the RSA key components do not form a public key")?;
+            (
+                &[RS256, RS384, RS512, PS256, PS384, PS512],
+                der.as_ref().to_vec(),
+            )
+        }
+        AlgorithmParameters::EllipticCurve(parameters) => {
+            let (algorithms, coordinate_len): (&[KeyAlgorithm], usize) = match parameters.curve {
+                EllipticCurve::P256 => (&[ES256], 32),
+                EllipticCurve::P384 => (&[ES384], 48),
+                _ => return Err("kty EC needs crv P-256 or P-384"),
+            };
+            let x = decode(&parameters.x)?;
+            let y = decode(&parameters.y)?;
+            if x.len() != coordinate_len || y.len() != coordinate_len {
+                return Err("the EC coordinates do not fit the curve");
+            }
+            let mut point = vec![0x04];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (algorithms, point)
+        }
+        AlgorithmParameters::OctetKeyPair(parameters) => {
+            if parameters.curve != EllipticCurve::Ed25519 {
+                return Err("OKP keys must use crv Ed25519");
+            }
+            let x = decode(&parameters.x)?;
+            if x.len() != 32 {
+                return Err("an Ed25519 key is 32 bytes");
+            }
+            (&[EdDSA], x)
+        }
+        _ => return Err("unsupported key type"),
+    };
+    let accepted: Vec<KeyAlgorithm> = match jwk.common.key_algorithm {
+        None => algorithms.to_vec(),
+        Some(declared) if algorithms.contains(&declared) => vec![declared],
+        Some(_) => return Err("the key's alg is not a signature algorithm of its key type"),
+    };
+    for algorithm in accepted {
+        let verification: &'static dyn signature::VerificationAlgorithm = match algorithm {
+            RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+            RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+            PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+            PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+            ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+            ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+            _ => &signature::ED25519,
+        };
+        ParsedPublicKey::new(verification, public_key.as_slice())
+            .map_err(|_| "the public key is invalid")?;
+    }
+    Ok(())
 }
 
 impl TryFrom<proto::McpServer> for McpServer<SecretInput> {
@@ -1394,6 +1508,31 @@ pub fn revoked_grants_to_proto(grants: &RevokedGrants) -> Vec<proto::RevokedGran
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `jwks_parse` fuzz target: these were accepted here and refused by every
+    /// node, which then could not apply a snapshot holding the server.
+    #[test]
+    fn a_jwks_needs_keys_a_node_verifies_with() {
+        let rsa: serde_json::Value = serde_json::from_str(RSA_JWK).unwrap();
+        let jwks = |key: &serde_json::Value| serde_json::json!({"keys": [key]}).to_string();
+        assert!(check_jwks_json(&jwks(&rsa)).is_ok());
+        for (field, value) in [
+            ("use", serde_json::json!("enc")),
+            ("key_ops", serde_json::json!(["sign"])),
+            ("alg", serde_json::json!("ES256")),
+            ("n", serde_json::json!("")),
+            ("n", serde_json::json!("AQAB")),
+        ] {
+            let mut key = rsa.clone();
+            key[field] = value;
+            assert!(check_jwks_json(&jwks(&key)).is_err(), "{key}");
+        }
+        let many = serde_json::json!({"keys": vec![rsa; MAX_JWKS_KEYS + 1]}).to_string();
+        assert!(check_jwks_json(&many).is_err());
+    }
+
+    /// A 2048-bit RSA public key (test material).
+    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"fuzz-rsa","use":"sig","e":"AQAB","n":"mDB3ejbAGDZvJV5NiwbSLaMdrIHLIZvdTBvX_wD4h8bHAS1BJTdGdDVDObuAryBAs4S_Dzc6YjfBSqgbXBppmjdVJTgjRt2ltno-4D31VckNC7p4pjMI79bozPjw7sm6mJ-r9V87WlN5Eh6LoUGjh9bJEQPXbRzRzQj0_Nfkfg5oGv6-Yo0OcqorMi9l8v1Bfqzby8aanxrYw3WRuE0BGFZ0SH6jvW21AsSS9qvn6n5xUbrq3xZnzzQ_zY2wY1km_WlIe4fV0MXU_mAwi9ZC7Q1anqStjLI6vdQLvp1H99j9ZAQz1wDXO9XYP-jssQMMUnIi7kVy-eVTFBUIQO8xFQ"}"#;
 
     #[test]
     fn the_token_resource_is_kept_exactly_as_written() {
