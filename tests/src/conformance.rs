@@ -57,6 +57,24 @@ pub async fn conformance_server(
     conformance(&args, DEFAULT_TOOL_TIMEOUT).await
 }
 
+/// Which installed line of the suite runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuiteVersion {
+    /// `@modelcontextprotocol/conformance` 0.1.16.
+    Stable,
+    /// The 0.2 alpha, installed as the alias `conformance-authorization`.
+    Alpha,
+}
+
+impl SuiteVersion {
+    pub fn package(self) -> &'static str {
+        match self {
+            SuiteVersion::Stable => "@modelcontextprotocol/conformance",
+            SuiteVersion::Alpha => "conformance-authorization",
+        }
+    }
+}
+
 /// Runs the conformance CLI with `args` (a subcommand and its flags) and parses its summary.
 ///
 /// Results are written to a scratch folder (`-o`), read back for the failure messages, and
@@ -65,7 +83,18 @@ pub async fn conformance(
     args: &[OsString],
     timeout: Duration,
 ) -> anyhow::Result<ConformanceReport> {
-    let cli = paths::npm_package_file("@modelcontextprotocol/conformance", "dist/index.js")?;
+    conformance_with(SuiteVersion::Stable, args, &[], timeout).await
+}
+
+/// [`conformance`] on a given line of the suite, with extra environment variables (a
+/// client under test started by `conformance client --command` inherits them).
+pub async fn conformance_with(
+    version: SuiteVersion,
+    args: &[OsString],
+    env: &[(&str, OsString)],
+    timeout: Duration,
+) -> anyhow::Result<ConformanceReport> {
+    let cli = paths::npm_package_file(version.package(), "dist/index.js")?;
     let output_dir = scratch_dir("conformance-results")?;
     let mut command = Command::new(paths::node_binary()?);
     command
@@ -76,6 +105,9 @@ pub async fn conformance(
         // No colour codes in the output we parse.
         .env("NO_COLOR", "1")
         .env("FORCE_COLOR", "0");
+    for (name, value) in env {
+        command.env(name, value);
+    }
     let mut process = ChildProcess::spawn("conformance", command)?;
     let exit_status = process.wait_for_exit(timeout).await?;
     let stdout = process.stdout_text();
@@ -86,9 +118,18 @@ pub async fn conformance(
         )
     })?;
     let mut scenarios = summary.scenarios;
-    for (scenario, messages) in read_failure_messages(output_dir.path())? {
+    for (folder_name, results) in read_results(output_dir.path())? {
+        // Server runs prefix the folder with `server-`; client suite runs do not.
+        let scenario = ["server-", "client-"]
+            .iter()
+            .filter_map(|prefix| folder_name.strip_prefix(prefix))
+            .find(|name| scenarios.contains_key(*name))
+            .unwrap_or(&folder_name)
+            .to_owned();
         if let Some(outcome) = scenarios.get_mut(&scenario) {
-            outcome.failure_messages = messages;
+            outcome.failure_messages = results.failure_messages;
+            outcome.checks = results.checks;
+            outcome.client_stdout = results.client_stdout;
         }
     }
     Ok(ConformanceReport {
@@ -136,12 +177,24 @@ pub struct ScenarioOutcome {
     pub checks_warned: u32,
     /// The error messages of failed or warned checks, from the scenario's `checks.json`.
     pub failure_messages: Vec<String>,
+    /// Every check of the scenario's `checks.json`: `(id, status)`, e.g.
+    /// `("valid-bearer-token", "SUCCESS")`.
+    pub checks: Vec<(String, String)>,
+    /// What the client under test printed (client scenarios' `stdout.txt`).
+    pub client_stdout: Option<String>,
 }
 
 impl ScenarioOutcome {
     /// The suite's own rule: a scenario passes when no check failed or warned.
     pub fn passed(&self) -> bool {
         self.checks_failed == 0 && self.checks_warned == 0
+    }
+
+    /// True when a check with this id has this status (`SUCCESS`, `FAILURE`...).
+    pub fn has_check(&self, id: &str, status: &str) -> bool {
+        self.checks
+            .iter()
+            .any(|(check_id, check_status)| check_id == id && check_status == status)
     }
 }
 
@@ -221,7 +274,7 @@ fn parse_summary(stdout: &str) -> Option<Summary> {
                     checks_passed,
                     checks_failed,
                     checks_warned,
-                    failure_messages: Vec::new(),
+                    ..ScenarioOutcome::default()
                 },
             );
         }
@@ -256,16 +309,27 @@ fn parse_counts(text: &str) -> Option<(u32, u32, u32)> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Check {
+    id: String,
     name: String,
     status: String,
+    #[serde(default)]
+    description: String,
     error_message: Option<String>,
 }
 
-/// Scenario name -> messages of its failed or warned checks, from `<dir>/**/checks.json`.
+/// What a scenario's result folder holds.
+#[derive(Debug, Default)]
+struct ScenarioResults {
+    failure_messages: Vec<String>,
+    checks: Vec<(String, String)>,
+    client_stdout: Option<String>,
+}
+
+/// Scenario name -> its results, from `<dir>/**/checks.json` (and `stdout.txt` beside it).
 ///
 /// The suite names each result folder `<server|client>-<scenario>-<timestamp>`.
-fn read_failure_messages(output_dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let mut messages = BTreeMap::new();
+fn read_results(output_dir: &Path) -> anyhow::Result<BTreeMap<String, ScenarioResults>> {
+    let mut results = BTreeMap::new();
     let mut pending = vec![output_dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&folder) else {
@@ -293,36 +357,51 @@ fn read_failure_messages(output_dir: &Path) -> anyhow::Result<BTreeMap<String, V
             let Ok(checks) = serde_json::from_str::<Vec<Check>>(&text) else {
                 continue;
             };
-            let failures: Vec<String> = checks
-                .into_iter()
+            let client_stdout = path
+                .parent()
+                .and_then(|parent| std::fs::read_to_string(parent.join("stdout.txt")).ok());
+            let failure_messages = checks
+                .iter()
                 .filter(|check| check.status == "FAILURE" || check.status == "WARNING")
                 .map(|check| {
                     format!(
                         "{} {}: {}",
                         check.status,
                         check.name,
-                        check.error_message.unwrap_or_default()
+                        check.error_message.as_deref().unwrap_or(&check.description)
                     )
                 })
                 .collect();
-            messages.insert(scenario, failures);
+            let checks = checks
+                .into_iter()
+                .map(|check| (check.id, check.status))
+                .collect();
+            results.insert(
+                scenario,
+                ScenarioResults {
+                    failure_messages,
+                    checks,
+                    client_stdout,
+                },
+            );
         }
     }
-    Ok(messages)
+    Ok(results)
 }
 
-/// `server-tools-list-2026-01-02T03-04-05-678Z` -> `tools-list`.
+/// `server-tools-list-2026-01-02T03-04-05-678Z` -> `server-tools-list`, and
+/// `auth/basic-cimd-2026-...Z` (a folder in a folder) -> `auth/basic-cimd`.
 fn scenario_from_result_folder(relative: &Path) -> Option<String> {
     let text = relative.to_str()?.replace('\\', "/");
-    let without_role = text
-        .strip_prefix("server-")
-        .or_else(|| text.strip_prefix("client-"))?;
     // The timestamp is `-YYYY-MM-DDTHH-MM-SS-mmmZ`: 25 characters with its dash.
     const TIMESTAMP_LENGTH: usize = 25;
-    let split_at = without_role.len().checked_sub(TIMESTAMP_LENGTH)?;
-    let (name, timestamp) = without_role.split_at_checked(split_at)?;
-    (timestamp.starts_with("-") && timestamp.ends_with('Z') && timestamp.contains('T'))
-        .then(|| name.to_owned())
+    let split_at = text.len().checked_sub(TIMESTAMP_LENGTH)?;
+    let (name, timestamp) = text.split_at_checked(split_at)?;
+    (!name.is_empty()
+        && timestamp.starts_with("-")
+        && timestamp.ends_with('Z')
+        && timestamp.contains('T'))
+    .then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -363,7 +442,11 @@ mod unit_tests {
             scenario_from_result_folder(Path::new(
                 "server-tools-call-image-2026-11-26T05-49-58-694Z"
             )),
-            Some("tools-call-image".to_owned())
+            Some("server-tools-call-image".to_owned())
+        );
+        assert_eq!(
+            scenario_from_result_folder(Path::new("auth/basic-cimd-2026-11-26T05-49-58-694Z")),
+            Some("auth/basic-cimd".to_owned())
         );
         assert_eq!(scenario_from_result_folder(Path::new("other")), None);
     }

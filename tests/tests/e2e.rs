@@ -15,6 +15,7 @@ mod gateway_conformance;
 mod gateway_examples;
 mod gateway_fleet;
 mod gateway_linking;
+mod gateway_oauth_client;
 mod gateway_outbound_headers;
 mod gateway_sso;
 mod gateway_telemetry;
