@@ -453,6 +453,93 @@ impl NodeRuntime for RuntimeApi {
                 .unwrap_or_default(),
         }))
     }
+
+    async fn put_own_credential(
+        &self,
+        request: Request<proto::PutOwnCredentialRequest>,
+    ) -> Result<Response<proto::PutOwnCredentialReply>, Status> {
+        self.put_own(request).await
+    }
+
+    async fn delete_own_credential(
+        &self,
+        request: Request<proto::DeleteOwnCredentialRequest>,
+    ) -> Result<Response<proto::DeleteOwnCredentialReply>, Status> {
+        self.delete_own(request).await
+    }
+}
+
+/// The actor of a change a user made through a node: the user (identity provider and
+/// subject) and the node that authenticated them, as the audit trail shows it.
+fn user_actor(identity_provider: &CatalogId, subject: &UserId, node: &str) -> String {
+    format!("user:{identity_provider}/{subject} via node:{node}")
+}
+
+fn command_status(error: crate::commands::CommandError) -> Status {
+    Status::new(error.code().grpc_code(), error.to_string())
+}
+
+impl RuntimeApi {
+    /// `PutOwnCredential`: the user's own value, stored encrypted by the same command as
+    /// the admin's `SetUserCredential` (so the event log and the audit trail record it).
+    pub async fn put_own(
+        &self,
+        request: Request<proto::PutOwnCredentialRequest>,
+    ) -> Result<Response<proto::PutOwnCredentialReply>, Status> {
+        let principal = self.nodes.authenticate(&request)?;
+        let request = request.into_inner();
+        let credential_id = CatalogId::parse(&request.credential_id)
+            .map_err(|error| Status::invalid_argument(format!("credential_id: {error}")))?;
+        let (identity_provider, subject) = user_ref(request.user)?;
+        portcullis_shared::convert::check_user_credential_value(&request.value)
+            .map_err(|error| Status::invalid_argument(format!("value: {error}")))?;
+        let actor = user_actor(&identity_provider, &subject, &principal.name);
+        let command = Command::SetUserCredential {
+            credential_id,
+            user: subject,
+            value: SecretValue::new(request.value),
+            expected_revision: None,
+        };
+        let outcome = self
+            .engine
+            .execute(&actor, vec![command], None)
+            .await
+            .map_err(command_status)?;
+        Ok(Response::new(proto::PutOwnCredentialReply {
+            revision: outcome.revision,
+        }))
+    }
+
+    /// `DeleteOwnCredential`: `deleted: false` when the user had no value of their own.
+    pub async fn delete_own(
+        &self,
+        request: Request<proto::DeleteOwnCredentialRequest>,
+    ) -> Result<Response<proto::DeleteOwnCredentialReply>, Status> {
+        let principal = self.nodes.authenticate(&request)?;
+        let request = request.into_inner();
+        let credential_id = CatalogId::parse(&request.credential_id)
+            .map_err(|error| Status::invalid_argument(format!("credential_id: {error}")))?;
+        let (identity_provider, subject) = user_ref(request.user)?;
+        let actor = user_actor(&identity_provider, &subject, &principal.name);
+        let command = Command::DeleteUserCredential {
+            credential_id,
+            user: subject,
+            expected_revision: None,
+        };
+        match self.engine.execute(&actor, vec![command], None).await {
+            Ok(outcome) => Ok(Response::new(proto::DeleteOwnCredentialReply {
+                deleted: true,
+                revision: outcome.revision,
+            })),
+            Err(crate::commands::CommandError::FieldNotFound { .. }) => {
+                Ok(Response::new(proto::DeleteOwnCredentialReply {
+                    deleted: false,
+                    revision: 0,
+                }))
+            }
+            Err(error) => Err(command_status(error)),
+        }
+    }
 }
 
 /// Audit event delivery from nodes.

@@ -13,6 +13,8 @@
 //! - [`browser`]: the headless stand-in browser for OAuth flows (also `BROWSER` for clients).
 //! - [`gateway`]: Portcullis itself as real processes: a control plane, nodes, the admin
 //!   API, and the files they share.
+//! - [`linking`]: per-user app-auth pieces: the fleet's public URL pinned to one node, a
+//!   gateway access token through the browser, connect links.
 //! - [`mcp_http`]: a small MCP Streamable HTTP probe for tests that make many calls.
 //! - [`echo_upstream`], [`conformance_upstream`]: the test upstream servers themselves (their
 //!   binaries are thin wrappers around [`upstream_server`]).
@@ -23,6 +25,7 @@ pub mod conformance_upstream;
 pub mod echo_upstream;
 pub mod gateway;
 pub mod idp;
+pub mod linking;
 pub mod mcp_http;
 pub mod node_clients;
 pub mod otlp;

@@ -17,6 +17,7 @@ mod gateway_fleet;
 mod gateway_linking;
 mod gateway_oauth_client;
 mod gateway_outbound_headers;
+mod gateway_self_service;
 mod gateway_sso;
 mod gateway_telemetry;
 mod gateway_tls;

@@ -6,142 +6,33 @@
 //! `protected_mcp_server.py --tool-auth`: anyone may connect and list tools, each tool checks
 //! the caller's GitHub token itself and answers with that user's data.
 //!
-//! A small proxy is the fleet's public URL (every node's `--public-url`), pinned to one node
-//! at a time, so a user's whole session runs on the node the test chooses while links and
-//! redirects stay on one URL; load goes to the nodes directly.
+//! A small proxy (`portcullis_tests::linking::PublicUrl`) is the fleet's public URL (every
+//! node's `--public-url`), pinned to one node at a time, so a user's whole session runs on
+//! the node the test chooses while links and redirects stay on one URL; load goes to the
+//! nodes directly.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::Response;
 use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::gateway::servers::{secret, server};
-use portcullis_tests::idp::{
-    IdpAccount, IdpClient, IdpConfig, Pkce, ProtectedMcpServer, TestIdp, random_token,
-};
+use portcullis_tests::idp::{IdpAccount, IdpClient, IdpConfig, ProtectedMcpServer, TestIdp};
+use portcullis_tests::linking::{PublicUrl, collect_files, link_in};
 use portcullis_tests::mcp_http::McpHttpSession;
 use portcullis_tests::python_client::ConnectLinks;
 use portcullis_tests::{Gateway, python_mcp_client};
 use serde_json::{Value, json};
 
-const IDP_ID: &str = "corp";
+pub(crate) const IDP_ID: &str = "corp";
 const IDP_CLIENT_ID: &str = "portcullis";
 const IDP_CLIENT_SECRET: &str = "portcullis-idp-secret";
 /// The app in the gateway's catalog, and its OAuth client at the "GitHub" provider.
-const APP_ID: &str = "github";
+pub(crate) const APP_ID: &str = "github";
 const APP_CLIENT_ID: &str = "github-app";
 const APP_CLIENT_SECRET: &str = "github-app-secret";
 const SERVER: &str = "github";
 const SERVER_SCOPE: &str = "mcp:tools";
-
-// ---------------------------------------------------------------------------------------
-// The fleet's public URL: a proxy pinned to one node
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct Pinned {
-    target: Arc<Mutex<Option<SocketAddr>>>,
-    client: reqwest::Client,
-}
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-async fn forward(State(pinned): State<Pinned>, request: Request) -> Response {
-    let Some(target) = *pinned.target.lock().unwrap() else {
-        return Response::builder().status(503).body(Body::empty()).unwrap();
-    };
-    let (parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|value| value.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let body = axum::body::to_bytes(body, 4 * 1024 * 1024).await.unwrap();
-    let mut outgoing = pinned
-        .client
-        .request(parts.method.clone(), format!("http://{target}{path}"));
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    let response = match outgoing.body(body).send().await {
-        Ok(response) => response,
-        Err(failure) => {
-            return Response::builder()
-                .status(502)
-                .body(Body::from(failure.to_string()))
-                .unwrap();
-        }
-    };
-    let mut builder = Response::builder().status(response.status());
-    for (name, value) in response.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            builder = builder.header(name, value);
-        }
-    }
-    builder
-        .body(Body::from_stream(response.bytes_stream()))
-        .unwrap()
-}
-
-struct PublicUrl {
-    address: SocketAddr,
-    pinned: Pinned,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PublicUrl {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl PublicUrl {
-    async fn start() -> Self {
-        let pinned = Pinned {
-            target: Arc::new(Mutex::new(None)),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .unwrap(),
-        };
-        let app = axum::Router::new()
-            .fallback(forward)
-            .with_state(pinned.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self {
-            address,
-            pinned,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    fn pin(&self, node: SocketAddr) {
-        *self.pinned.target.lock().unwrap() = Some(node);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The fixture
@@ -149,16 +40,16 @@ impl PublicUrl {
 
 /// A control plane and two nodes behind the public URL, the test IdP as the enterprise IdP
 /// and as "GitHub", the GitHub-like upstream, and the server `github` wiring them.
-struct Linking {
-    public: PublicUrl,
-    idp: TestIdp,
-    gateway: Gateway,
-    upstream: ProtectedMcpServer,
+pub(crate) struct Linking {
+    pub(crate) public: PublicUrl,
+    pub(crate) idp: TestIdp,
+    pub(crate) gateway: Gateway,
+    pub(crate) upstream: ProtectedMcpServer,
 }
 
 impl Linking {
-    async fn start(config: IdpConfig) -> Self {
-        let public = PublicUrl::start().await;
+    pub(crate) async fn start(config: IdpConfig) -> Self {
+        let public = PublicUrl::start().await.unwrap();
         let public_url = public.url();
         let config = config
             .scopes(&["repo", "read:user"])
@@ -269,76 +160,25 @@ impl Linking {
         }
     }
 
-    fn mcp_url(&self) -> String {
+    pub(crate) fn mcp_url(&self) -> String {
         format!("{}/mcp/{SERVER}", self.public.url())
     }
 
     /// Sends the public URL's traffic to this node.
-    fn pin(&self, node: usize) {
+    pub(crate) fn pin(&self, node: usize) {
         self.public.pin(self.gateway.node(node).address());
     }
 
     /// A gateway access token for the browser's user: dynamic registration, the
     /// authorization through the browser, the code redeemed (what an MCP client does).
-    async fn gateway_token(&self, browser: &HeadlessBrowser) -> String {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let public_url = self.public.url();
-        let redirect_uri = "http://127.0.0.1:9/callback";
-        let registration: Value = http
-            .post(format!("{public_url}/oauth/register"))
-            .json(&json!({
-                "client_name": "linking e2e", "redirect_uris": [redirect_uri],
-                "token_endpoint_auth_method": "none",
-                "grant_types": ["authorization_code", "refresh_token"],
-            }))
-            .send()
+    pub(crate) async fn gateway_token(&self, browser: &HeadlessBrowser) -> String {
+        portcullis_tests::linking::gateway_token(&self.public.url(), &self.mcp_url(), browser)
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let client_id = registration["client_id"].as_str().unwrap();
-        let pkce = Pkce::new();
-        let state = random_token();
-        let mut url = url::Url::parse(&format!("{public_url}/oauth/authorize")).unwrap();
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", client_id)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("code_challenge", &pkce.challenge)
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("resource", &self.mcp_url())
-            .append_pair("state", &state);
-        let outcome = browser.authorize(url.as_str()).await.unwrap();
-        let code = outcome.param("code").expect("a code").to_owned();
-        let tokens: Value = http
-            .post(format!("{public_url}/oauth/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", &pkce.verifier),
-                ("client_id", client_id),
-                ("resource", &self.mcp_url()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access token: {tokens}"))
-            .to_owned()
     }
 
     /// An MCP session of the token's user on `url` (a node's, or the public one).
-    async fn session(url: &str, gateway_token: &str) -> McpHttpSession {
+    pub(crate) async fn session(url: &str, gateway_token: &str) -> McpHttpSession {
         McpHttpSession::connect(
             url,
             &[("authorization", &format!("Bearer {gateway_token}"))],
@@ -349,7 +189,7 @@ impl Linking {
 
     /// Connects the user's GitHub account: a tool call gets the prompt (a tool result with
     /// the link, for this client declares no URL elicitation), the browser opens the link.
-    async fn connect(&self, browser: &HeadlessBrowser, gateway_token: &str) {
+    pub(crate) async fn connect(&self, browser: &HeadlessBrowser, gateway_token: &str) {
         let mut session = Self::session(&self.mcp_url(), gateway_token).await;
         let result = session
             .call_tool("check_caller", json!({"expected": "nobody"}))
@@ -370,7 +210,7 @@ impl Linking {
     }
 
     /// Every node's and the control plane's log.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut logs = vec![
             self.gateway.control_plane.process().stderr_text(),
             self.gateway.control_plane.process().stdout_text(),
@@ -381,14 +221,6 @@ impl Linking {
         }
         logs.join("\n")
     }
-}
-
-/// The first `/connect/` link in a text.
-fn link_in(text: &str) -> String {
-    text.split_whitespace()
-        .find(|word| word.contains("/connect/"))
-        .unwrap_or_else(|| panic!("no link in {text:?}"))
-        .to_owned()
 }
 
 /// The `(sub, match)` a `check_caller` result reports.
@@ -785,21 +617,6 @@ async fn expiry_during_a_burst_on_two_nodes_refreshes_once_and_a_revoked_grant_p
                 "a token or secret in {}",
                 path.display()
             );
-        }
-    }
-}
-
-/// Every file under `folder`, with its bytes.
-fn collect_files(folder: &std::path::Path, into: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
-    let Ok(entries) = std::fs::read_dir(folder) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(&path, into);
-        } else if let Ok(content) = std::fs::read(&path) {
-            into.push((path, content));
         }
     }
 }

@@ -87,6 +87,65 @@ pub enum Command {
     /// Users' account links to OAuth apps (per-user OAuth app auth)
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Yourself, as a user: your account links and your own stored-credential values,
+    /// through a node, with your gateway access token (not the admin API)
+    Me(MeArgs),
+}
+
+pub const NODE_URL_VARIABLE: &str = "PORTCULLIS_NODE_URL";
+pub const USER_TOKEN_VARIABLE: &str = "PORTCULLIS_USER_TOKEN";
+
+#[derive(Debug, Args)]
+pub struct MeArgs {
+    /// The gateway's public URL (a node) [env: PORTCULLIS_NODE_URL]
+    #[arg(long = "node", global = true, value_name = "URL")]
+    pub node: Option<String>,
+    /// File holding your gateway access token (the one your MCP client got by signing
+    /// in); without it the token is read from PORTCULLIS_USER_TOKEN. Never printed.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub user_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: MeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeCommand {
+    /// Your account links to OAuth apps
+    #[command(subcommand)]
+    Links(MeLinksCommand),
+    /// Your own values of stored credentials (API keys, personal access tokens)
+    #[command(subcommand)]
+    Credential(MeCredentialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeLinksCommand {
+    /// Your links, with their status (connected, broken) and why
+    List(OutputArgs),
+    /// Disconnect one of your links; its tokens are destroyed
+    Disconnect {
+        /// The app id (as `me links list` shows it)
+        app: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeCredentialCommand {
+    /// The stored credentials you may give your own value of, and whether you did
+    List(OutputArgs),
+    /// Store your own value of a credential; it wins over the org-wide one
+    Set {
+        /// The credential id
+        id: String,
+        /// env:NAME, file:PATH or stdin (never the value itself on the command line)
+        #[arg(long, value_name = "SRC", value_parser = secret_source_parser())]
+        value: SecretSource,
+    },
+    /// Delete your own value of a credential (the org-wide value applies again)
+    Delete {
+        /// The credential id
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -146,6 +146,12 @@ pub async fn run(command: Command, session: &mut Session<'_>) -> Result<(), CliE
         Command::Gateway(command) => gateway(session, command).await,
         Command::Audit(command) => audit(session, command).await,
         Command::Link(command) => link(session, command).await,
+        Command::Me(args) => {
+            let secrets = &session.secrets;
+            let text =
+                super::me::run(args, &session.connection, session.environment, secrets).await?;
+            session.print(&text)
+        }
         Command::Fleet(output) => {
             let reply = session
                 .client()

@@ -8,6 +8,8 @@
 //! - [`commands`]: what each command does.
 //! - [`output`]: tables, blocks and the plan of an apply.
 //! - [`error`]: errors with their gRPC code and exit code.
+//! - [`me`]: `portcullisctl me`, the user's own commands, over HTTP to a node with the
+//!   user's gateway access token.
 //!
 //! The binary only parses, builds a runtime and calls [`run`]; the environment, stdin and
 //! stdout are parameters so tests drive a command without touching the process.
@@ -19,6 +21,7 @@ pub mod client;
 pub mod commands;
 pub mod document;
 pub mod error;
+pub mod me;
 pub mod output;
 pub mod secret_source;
 

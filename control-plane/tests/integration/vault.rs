@@ -472,3 +472,167 @@ async fn a_user_lists_and_disconnects_only_their_own_links() {
         Code::PermissionDenied
     );
 }
+
+#[tokio::test]
+async fn users_store_and_delete_their_own_credential_values_through_a_node() {
+    let (control_plane, _provider, mut runtime) = setup().await;
+    let mut client = control_plane.client().await;
+    client
+        .put_credential(admin(proto::PutCredentialRequest {
+            id: "github-pat".into(),
+            description: "GitHub PAT".into(),
+            org_value: plaintext("org-pat"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let own = |credential: &str, subject: &str, value: &str| {
+        authed(
+            NODE_TOKEN,
+            proto::PutOwnCredentialRequest {
+                credential_id: credential.into(),
+                user: user(subject),
+                value: value.into(),
+            },
+        )
+    };
+    let get = |subject: &str| {
+        authed(
+            NODE_TOKEN,
+            proto::GetUserCredentialRequest {
+                credential_id: "github-pat".into(),
+                user: user(subject),
+            },
+        )
+    };
+    let reply = runtime
+        .put_own_credential(own("github-pat", "alice", "ghp_alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.revision > 0);
+    let alice = runtime
+        .get_user_credential(get("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alice.found);
+    assert_eq!(alice.value, "ghp_alice");
+    assert!(
+        !runtime
+            .get_user_credential(get("bob"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    // The admin's view: alice has a value of her own, never shown.
+    let state = client
+        .get_state(admin(proto::GetStateRequest { at_revision: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    let text = format!("{state:?}");
+    assert!(!text.contains("ghp_alice"));
+    let credential = state
+        .credentials
+        .iter()
+        .find(|credential| credential.id == "github-pat")
+        .unwrap();
+    assert_eq!(credential.user_values.len(), 1);
+    assert_eq!(credential.user_values[0].user, "alice");
+
+    // Refusals: unknown credential, bad value, not a node.
+    assert_eq!(
+        runtime
+            .put_own_credential(own("nope", "alice", "x"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let refused = runtime
+        .put_own_credential(own("github-pat", "alice", "bad\nvalue"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(!refused.message().contains("bad"), "{}", refused.message());
+    let mut as_admin = own("github-pat", "alice", "ghp_admin");
+    as_admin.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    assert_eq!(
+        runtime
+            .put_own_credential(as_admin)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+
+    let delete = |subject: &str| {
+        authed(
+            NODE_TOKEN,
+            proto::DeleteOwnCredentialRequest {
+                credential_id: "github-pat".into(),
+                user: user(subject),
+            },
+        )
+    };
+    assert!(
+        runtime
+            .delete_own_credential(delete("alice"))
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+    assert!(
+        !runtime
+            .delete_own_credential(delete("alice"))
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+    assert!(
+        !runtime
+            .get_user_credential(get("alice"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+
+    // The audit trail names the user and the node that acted for them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = client
+            .query_audit(admin(proto::AuditQuery {
+                kind: "admin_change".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let by_alice: Vec<String> = page
+            .records
+            .iter()
+            .filter_map(|record| record.event.as_ref())
+            .filter(|event| event.actor.starts_with("user:okta/alice via node:"))
+            .map(|event| event.summary.clone())
+            .collect();
+        if by_alice.len() == 2 {
+            assert!(by_alice[0].contains("set alice's value of stored credential github-pat"));
+            assert!(by_alice[1].contains("deleted alice's value"));
+            assert!(!format!("{page:?}").contains("ghp_alice"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the audit trail lacks the user's changes: {by_alice:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

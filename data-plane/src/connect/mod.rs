@@ -13,7 +13,8 @@
 //!   link's user, the provider's authorization, `GET /connect/callback` (the code exchange
 //!   and `PutUserToken`).
 //! - [`provider`]: the app provider's authorization URL and code exchange.
-//! - [`me`]: `GET /me/links` and `DELETE /me/links/{app}`, for users.
+//! - [`me`]: `GET /me/links`, `DELETE /me/links/{app}`, `GET /me/credentials`,
+//!   `PUT`/`DELETE /me/credentials/{credential}`, for users.
 //!
 //! | route | what |
 //! |---|---|
@@ -21,6 +22,7 @@
 //! | `GET /oauth/callback` (a `pcl1` state) | the identity provider's answer to that login |
 //! | `GET /connect/callback` | the app provider's answer: the code exchanged, the tokens stored |
 //! | `GET /me/links`, `DELETE /me/links/{app}` | a user's own links (gateway access token) |
+//! | `GET /me/credentials`, `PUT`/`DELETE /me/credentials/{credential}` | a user's own values of stored credentials (gateway access token) |
 //!
 //! The app's OAuth client must have `P/connect/callback` among its redirect URIs; the
 //! identity provider's client already has `P/oauth/callback`.
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 
 use crate::connect::link::ConnectLogin;
 use crate::connect::sessions::ClientSessions;
@@ -81,6 +83,11 @@ pub fn routes() -> Router<Arc<NodeState>> {
         .route("/connect/{app}", get(flow::start))
         .route("/me/links", get(me::list))
         .route("/me/links/{app}", delete(me::delete))
+        .route("/me/credentials", get(me::list_credentials))
+        .route(
+            "/me/credentials/{credential}",
+            put(me::put_credential).delete(me::delete_credential),
+        )
 }
 
 /// `GET /oauth/callback`: the identity provider's answers, for Interactive SSO sign-ins and

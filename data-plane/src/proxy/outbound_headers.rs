@@ -371,7 +371,7 @@ impl OutboundHeadersPlan {
 
 /// The caller's name for per-user caches and the vault: unambiguous (length-prefixed) and
 /// including the identity provider or issuer, so subjects of two providers never meet.
-fn user_key(identity: &CallerIdentity) -> String {
+pub(crate) fn user_key(identity: &CallerIdentity) -> String {
     match identity.identity_provider() {
         Some(provider) => format!(
             "idp:{}:{}:{}",

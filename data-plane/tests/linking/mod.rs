@@ -648,6 +648,249 @@ async fn users_list_and_disconnect_their_own_links() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A node with the `github` server plus `tools`, which sends the stored credential
+/// `github-pat` per user on `x-pat` (org-wide value `org-pat`); `unused` is a stored
+/// credential no server sends per user.
+async fn self_service_node(
+    providers: &FakeProviders,
+    vault: &FakeVault,
+    upstream: &crate::common::upstream::TestUpstream,
+    linked: &PerUserUpstream,
+) -> TestNode {
+    let mut tools = interactive(
+        server(
+            "tools",
+            &upstream.url("/mcp"),
+            Kind::Bearer(proto::BearerToken {
+                token: secret("service-token"),
+            }),
+        ),
+        &[SCOPE],
+    );
+    tools.outbound_headers = vec![proto::OutboundHeader {
+        header_name: "x-pat".to_owned(),
+        prefix: "token ".to_owned(),
+        source: Some(proto::outbound_header::Source::VaultCredential(
+            proto::VaultCredential {
+                credential_id: "github-pat".to_owned(),
+                scope: proto::CredentialScope::PerUser as i32,
+            },
+        )),
+    }];
+    let mut snapshot = snapshot(providers, vec![github_server(linked), tools]);
+    snapshot.credentials = vec![
+        proto::StoredCredential {
+            id: "github-pat".to_owned(),
+            description: "GitHub personal access token".to_owned(),
+            org_value: secret("org-pat"),
+            user_values: Vec::new(),
+        },
+        proto::StoredCredential {
+            id: "unused".to_owned(),
+            description: "nothing sends it per user".to_owned(),
+            org_value: secret("org-unused"),
+            user_values: Vec::new(),
+        },
+    ];
+    TestNode::with_authorization_server(
+        snapshot,
+        PUBLIC_URL,
+        OAuthSettings::default(),
+        Some(vault.client()),
+    )
+}
+
+fn me_request(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test:7400");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => request.body(Body::empty()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn users_store_and_delete_their_own_credential_values_and_their_next_call_uses_them() {
+    let providers = FakeProviders::start().await;
+    let vault = FakeVault::start().await;
+    let linked = PerUserUpstream::start().await;
+    let mut upstream = crate::common::upstream::TestUpstream::start().await;
+    let node = self_service_node(&providers, &vault, &upstream, &linked).await;
+    let token_of = |subject: &str, server: &str| {
+        let snapshot = node.state.snapshots.load().unwrap();
+        access_token(
+            &snapshot.gateway_keys,
+            &grant(subject, server, "client-1"),
+            unix_now(),
+            600,
+        )
+    };
+    let alice = token_of("alice", "tools");
+    let bob = token_of("bob", "tools");
+    let call = |token: String| {
+        let authorization = format!("Bearer {token}");
+        post(
+            "tools",
+            &tools_call(1),
+            &[("authorization", &authorization)],
+        )
+    };
+    let sent_pat = |received: &crate::common::upstream::Received| {
+        received.headers["x-pat"].to_str().unwrap().to_owned()
+    };
+
+    // Before: alice gets the org-wide value, and that "none of her own" is cached.
+    let response = node.send(call(alice.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sent_pat(&upstream.next_request().await), "token org-pat");
+
+    // She stores her own value, with a token of either server (here: github's).
+    let response = node
+        .send(me_request(
+            "PUT",
+            "/me/credentials/github-pat",
+            Some(&token_of("alice", SERVER)),
+            Some(json!({"value": "ghp_alice_own"})),
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = json_body(response).await;
+    assert_eq!(body, json!({"credential_id": "github-pat", "stored": true}));
+    assert!(!body.to_string().contains("ghp_alice_own"), "never echoed");
+    assert_eq!(
+        vault
+            .own_credential("github-pat", IDP_ID, "alice")
+            .as_deref(),
+        Some("ghp_alice_own"),
+        "stored under her identity provider and subject"
+    );
+
+    // Her next call uses it at once (the node forgot its cached "none"); bob's does not.
+    let response = node.send(call(alice.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        sent_pat(&upstream.next_request().await),
+        "token ghp_alice_own"
+    );
+    let response = node.send(call(bob.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sent_pat(&upstream.next_request().await), "token org-pat");
+
+    // The list shows which credentials she may set, and that she has her own value.
+    let response = node
+        .send(me_request("GET", "/me/credentials", Some(&alice), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = json_body(response).await;
+    assert_eq!(
+        body["credentials"],
+        json!([{"credential_id": "github-pat", "description": "GitHub personal access token",
+                "servers": ["tools"], "own_value": true, "org_value": true}])
+    );
+    assert!(!body.to_string().contains("ghp_"), "{body}");
+
+    // Refusals: a credential nothing sends per user, no token, a bad body, an empty value.
+    let cases = [
+        (
+            "/me/credentials/unused",
+            Some(alice.as_str()),
+            Some(json!({"value": "x"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/me/credentials/nope",
+            Some(alice.as_str()),
+            Some(json!({"value": "x"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/me/credentials/github-pat",
+            None,
+            Some(json!({"value": "x"})),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/me/credentials/github-pat",
+            Some("not.a.token"),
+            Some(json!({"value": "x"})),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/me/credentials/github-pat",
+            Some(alice.as_str()),
+            Some(json!({"secret": "ghp_typo"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/me/credentials/github-pat",
+            Some(alice.as_str()),
+            Some(json!({"value": ""})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/me/credentials/github-pat",
+            Some(alice.as_str()),
+            Some(json!({"value": "line\nbreak"})),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (path, token, body, status) in cases {
+        let response = node.send(me_request("PUT", path, token, body)).await;
+        assert_eq!(response.status(), status, "{path}");
+        let text = json_body(response).await.to_string();
+        assert!(
+            !text.contains("ghp_typo") && !text.contains("break"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        vault
+            .own_credential("github-pat", IDP_ID, "alice")
+            .as_deref(),
+        Some("ghp_alice_own"),
+        "refused requests changed nothing"
+    );
+
+    // She deletes it: the org-wide value again; a second delete finds nothing.
+    let response = node
+        .send(me_request(
+            "DELETE",
+            "/me/credentials/github-pat",
+            Some(&alice),
+            None,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_body(response).await["deleted"], true);
+    assert!(
+        vault
+            .own_credential("github-pat", IDP_ID, "alice")
+            .is_none()
+    );
+    let response = node.send(call(alice.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sent_pat(&upstream.next_request().await), "token org-pat");
+    let response = node
+        .send(me_request(
+            "DELETE",
+            "/me/credentials/github-pat",
+            Some(&alice),
+            None,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(vault.credential_gets() > 0);
+}
+
 fn client_credentials(token_url: &str, secret_value: &str) -> Kind {
     Kind::ClientCredentials(proto::ClientCredentials {
         token_url: token_url.to_owned(),

@@ -100,6 +100,14 @@ impl UserCredentialCache {
         Ok(cached.value)
     }
 
+    /// Drops what is cached for one user's value of `credential_id` under a snapshot, so
+    /// the next request asks the control plane (after the user changed their own value on
+    /// this node).
+    pub fn forget(&self, snapshot_version: u64, credential_id: &CatalogId, user_key: &str) {
+        self.lookups
+            .remove(&(snapshot_version, credential_id.clone(), user_key.to_owned()));
+    }
+
     /// How many lookups are cached.
     pub fn len(&self) -> usize {
         self.lookups.len()
