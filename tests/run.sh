@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command of Portcullis.
 #
-#   tests/run.sh                 setup + build + test (what CI runs)
+#   tests/run.sh                 setup + build + test + fuzz (what CI runs)
 #   tests/run.sh setup           install the npm and pip test dependencies into tests/.deps
 #   tests/run.sh build           cargo build --workspace --bins
 #   tests/run.sh test [ARGS...]  cargo test --workspace [ARGS...] (after setup and build)
+#   tests/run.sh fuzz [SECONDS]  bounded fuzzing of every target (tests/fuzz/run.sh)
 #
 # Needs only the Rust toolchain, Node.js with npm, and Python 3.10+ with pip. The test
 # dependencies are pinned in tests/package.json (+ package-lock.json) and
@@ -12,7 +13,8 @@
 #
 # Environment: PORTCULLIS_TEST_DEPS (default tests/.deps), PORTCULLIS_TEST_PYTHON (default
 # python3), PORTCULLIS_TEST_KEEP_LOGS=1 keeps every test process's logs under
-# target/portcullis-e2e/ (logs of failed tests are always kept).
+# target/portcullis-e2e/ (logs of failed tests are always kept), PORTCULLIS_FUZZ_SECONDS
+# (seconds per fuzz target in a full run, default 10).
 set -euo pipefail
 
 TESTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -141,6 +143,14 @@ run_tests() {
     end_step
 }
 
+# Every fuzz target for a few seconds on nightly (a stable fallback without it); a crash
+# fails the step and leaves its input in tests/fuzz/regressions/.
+fuzz() {
+    begin_step fuzz
+    "$TESTS_DIR/fuzz/run.sh" "${1:-${PORTCULLIS_FUZZ_SECONDS:-10}}"
+    end_step
+}
+
 # CI throws its clone away: show what the failed tests' processes wrote.
 print_kept_logs() {
     local folder
@@ -161,12 +171,14 @@ case "$command" in
         build
         run_tests "$@"
         ;;
+    fuzz) fuzz "$@" ;;
     all)
         (($# == 0)) || fail "no arguments expected; use 'tests/run.sh test ARGS...'"
         setup
         build
         run_tests
+        fuzz
         ;;
-    -h | --help | help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
-    *) fail "unknown command '$command' (setup, build, test, or nothing for all)" ;;
+    -h | --help | help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    *) fail "unknown command '$command' (setup, build, test, fuzz, or nothing for all)" ;;
 esac

@@ -18,11 +18,14 @@
 //! - [`mcp_http`]: a small MCP Streamable HTTP probe for tests that make many calls.
 //! - [`echo_upstream`], [`conformance_upstream`]: the test upstream servers themselves (their
 //!   binaries are thin wrappers around [`upstream_server`]).
+//! - [`fuzz`]: the fuzz targets of the gateway's parsers and validators, shared by the
+//!   cargo-fuzz crate in `tests/fuzz/` and the stable tests that replay its corpus.
 
 pub mod browser;
 pub mod conformance;
 pub mod conformance_upstream;
 pub mod echo_upstream;
+pub mod fuzz;
 pub mod gateway;
 pub mod idp;
 pub mod linking;

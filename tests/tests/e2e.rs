@@ -8,6 +8,7 @@
 
 mod conformance_baselines;
 mod deploy;
+mod fuzz_regressions;
 mod gateway_app_auth;
 mod gateway_audit;
 mod gateway_clients;
