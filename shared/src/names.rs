@@ -302,8 +302,19 @@ pub fn parse_url(value: &str, policy: UrlPolicy) -> Result<Url, UrlError> {
         }
         _ => return Err(UrlError::Scheme),
     }
-    if url.host_str().is_none() {
+    let Some(host) = url.host_str() else {
         return Err(UrlError::Parse("missing host".to_owned()));
+    };
+    // The WHATWG parser accepts characters in a domain (such as '`', '{', '|') that an HTTP
+    // request's authority cannot carry; a node could not send a request to such a host.
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    if authority.parse::<http::uri::Authority>().is_err() {
+        return Err(UrlError::Parse(
+            "the host cannot be used in an HTTP request".to_owned(),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(UrlError::UserInfo);
@@ -327,6 +338,26 @@ pub fn is_loopback_host(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config_proto` fuzz target: the control plane accepted an upstream URL
+    /// whose host a node cannot put in a request, and every node refused the snapshot.
+    #[test]
+    fn a_url_host_must_fit_an_http_authority() {
+        for value in [
+            "https://legacy.internal.ex`mple.com/mcp",
+            "https://a{b}.example.com",
+            "https://a|b.example.com:8443/x",
+        ] {
+            assert!(parse_url(value, UrlPolicy::Upstream).is_err(), "{value}");
+        }
+        for value in [
+            "https://mcp.example.com:8443/mcp",
+            "http://[::1]:8080/mcp",
+            "https://xn--n3h.example/mcp",
+        ] {
+            assert!(parse_url(value, UrlPolicy::Upstream).is_ok(), "{value}");
+        }
+    }
 
     #[test]
     fn server_names_are_slugs() {
