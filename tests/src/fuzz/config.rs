@@ -66,11 +66,13 @@ fn secret_proto(secret: SecretInput) -> proto::Secret {
     }
 }
 
-/// A secret in a serializable form, for the JSON round trip.
-fn secret_text(secret: SecretInput) -> Option<String> {
+/// A secret in a serializable form, for the JSON round trip. Not an `Option`: an optional
+/// secret (`Option<S>`) of `Some(None)` would read back as `None`, a difference of this
+/// representation only (stored secrets are `SealedSecret`s).
+fn secret_text(secret: SecretInput) -> String {
     match secret {
-        SecretInput::Set(value) => Some(value.expose().to_owned()),
-        SecretInput::Keep => None,
+        SecretInput::Set(value) => format!("set:{}", value.expose()),
+        SecretInput::Keep => "keep".to_owned(),
     }
 }
 
