@@ -217,6 +217,10 @@ async fn start_node(upstream: SocketAddr, audit: Option<FsyncPolicy>) -> (Socket
         ProxyLimits::default(),
         records,
     ));
+    // As the node binary serves: without Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        tcp.set_nodelay(true).unwrap();
+    });
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
     (address, token)
 }

@@ -88,8 +88,18 @@ impl Listener {
         // request (for the rate limits): see `crate::http_server`.
         let limits = crate::http_server::HttpServerLimits::default();
         match self {
+            // No Nagle: a response can end in a small write of its own (a stream's last
+            // frame waits for its audit event), which would otherwise wait for the client's
+            // delayed ACK (40 ms).
             Self::Plain(listener) => tokio::spawn(crate::http_server::serve(
-                listener, router, limits, shutdown,
+                axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                }),
+                router,
+                limits,
+                shutdown,
             )),
             Self::Tls(listener) => tokio::spawn(crate::http_server::serve(
                 listener, router, limits, shutdown,

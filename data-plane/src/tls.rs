@@ -178,6 +178,10 @@ async fn accept_loop(
                 }
             },
         };
+        // No Nagle (see `Listener::serve` in node.rs).
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let sender = sender.clone();
         tokio::spawn(async move {
