@@ -345,10 +345,12 @@ impl FakeVault {
     }
 
     pub fn client(&self) -> RuntimeClient {
-        RuntimeClient::new(&portcullis_data_plane::config::ControlPlaneConfig::with_token(
-            url::Url::parse(&format!("http://{}", self.address)).unwrap(),
-            SecretValue::new(NODE_TOKEN),
-        ))
+        RuntimeClient::new(
+            &portcullis_data_plane::config::ControlPlaneConfig::with_token(
+                url::Url::parse(&format!("http://{}", self.address)).unwrap(),
+                SecretValue::new(NODE_TOKEN),
+            ),
+        )
         .unwrap()
     }
 
