@@ -104,6 +104,16 @@ fn failure(status: StatusCode, message: &str) -> Refusal {
     ))
 }
 
+/// The snapshot the flow runs on; a node without one yet refuses with 503.
+fn current_snapshot(node: &NodeState) -> Result<Arc<CompiledSnapshot>, Refusal> {
+    node.snapshots.load().ok_or_else(|| {
+        failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The gateway is starting; try again shortly.",
+        )
+    })
+}
+
 /// The app, server plan and identity provider a link names, if the configuration still
 /// has them as they were.
 struct Target<'a> {
@@ -177,11 +187,9 @@ pub async fn start(
 ) -> Response {
     let (parts, _) = request.into_parts();
     let now = unix_now();
-    let Some(snapshot) = node.snapshots.load() else {
-        return *failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The gateway is starting; try again shortly.",
-        );
+    let snapshot = match current_snapshot(&node) {
+        Ok(snapshot) => snapshot,
+        Err(refusal) => return *refusal,
     };
     let (browser_digest, new_cookie) = browser(&node, &parts.headers);
     let mut response = match begin(
@@ -270,11 +278,9 @@ async fn begin(
 /// of a link. The signed-in user must be the link's user.
 pub async fn after_login(node: &NodeState, query: Option<&str>, headers: &HeaderMap) -> Response {
     let now = unix_now();
-    let Some(snapshot) = node.snapshots.load() else {
-        return *failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The gateway is starting; try again shortly.",
-        );
+    let snapshot = match current_snapshot(node) {
+        Ok(snapshot) => snapshot,
+        Err(refusal) => return *refusal,
     };
     match verify_user(node, &snapshot, query, headers, now).await {
         Ok(response) => response,
@@ -414,11 +420,9 @@ async fn verify_user(
 pub async fn provider_callback(State(node): State<Arc<NodeState>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     let now = unix_now();
-    let Some(snapshot) = node.snapshots.load() else {
-        return *failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The gateway is starting; try again shortly.",
-        );
+    let snapshot = match current_snapshot(&node) {
+        Ok(snapshot) => snapshot,
+        Err(refusal) => return *refusal,
     };
     match store_tokens(&node, &snapshot, parts.uri.query(), &parts.headers, now).await {
         Ok(response) => response,
