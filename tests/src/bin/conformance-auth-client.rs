@@ -35,7 +35,7 @@ use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::gateway::admin_client;
 use portcullis_tests::gateway::servers::{secret, server};
-use portcullis_tests::idp::{Pkce, random_token};
+use portcullis_tests::linking::gateway_token;
 use portcullis_tests::mcp_http::McpHttpSession;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -386,64 +386,6 @@ async fn wait_for_node(
     }
 }
 
-/// A gateway access token for the browser's user on `mcp_url`: what an MCP client does
-/// with Interactive SSO (registration, authorization through the browser, code exchange).
-async fn gateway_token(
-    http: &reqwest::Client,
-    public_url: &str,
-    mcp_url: &str,
-    browser: &HeadlessBrowser,
-) -> anyhow::Result<String> {
-    let redirect_uri = "http://127.0.0.1:9/callback";
-    let registration: Value = http
-        .post(format!("{public_url}/oauth/register"))
-        .json(&json!({
-            "client_name": "conformance user", "redirect_uris": [redirect_uri],
-            "token_endpoint_auth_method": "none",
-            "grant_types": ["authorization_code", "refresh_token"],
-        }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let client_id = registration["client_id"]
-        .as_str()
-        .with_context(|| format!("the gateway registered no client: {registration}"))?;
-    let pkce = Pkce::new();
-    let mut url = Url::parse(&format!("{public_url}/oauth/authorize"))?;
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", client_id)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("code_challenge", &pkce.challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("resource", mcp_url)
-        .append_pair("state", &random_token());
-    let outcome = browser.authorize(url.as_str()).await?;
-    let code = outcome
-        .param("code")
-        .with_context(|| format!("the gateway's authorization gave no code: {outcome:#?}"))?
-        .to_owned();
-    let tokens: Value = http
-        .post(format!("{public_url}/oauth/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", &pkce.verifier),
-            ("client_id", client_id),
-            ("resource", mcp_url),
-        ])
-        .send()
-        .await?
-        .json()
-        .await?;
-    tokens["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("the gateway issued no access token: {tokens}"))
-}
-
 /// The first `…/connect/…` URL in a text (a prompt's message or JSON).
 fn connect_link(text: &str) -> Option<String> {
     let start = text.find("http://").or_else(|| text.find("https://"))?;
@@ -566,7 +508,7 @@ async fn authorization_code(
     // The user: signed in to the gateway, not yet connected to the app.
     let mcp_url = format!("{}/mcp/{name}", gateway.public_url);
     let browser = HeadlessBrowser::new()?.user(&gateway.user);
-    let token = gateway_token(http, &gateway.public_url, &mcp_url, &browser).await?;
+    let token = gateway_token(&gateway.public_url, &mcp_url, &browser).await?;
     let authorization = format!("Bearer {token}");
     let headers = [("authorization", authorization.as_str())];
     // The prompt comes at `initialize` when the server wants a token for it (a JSON-RPC
