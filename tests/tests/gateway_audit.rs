@@ -336,16 +336,13 @@ async fn wait_for_metric(
 
 const SMALL_SPOOL: &str = "65536";
 
-/// The refuse policy: with the control plane away, the spool fills and the node answers
-/// 503 `audit_spool_full` to new calls, without calling the upstream; once the control plane
-/// is back and the spool is delivered, calls go through again. Every call that got a
-/// result is in the trail.
-#[tokio::test]
-async fn a_full_spool_refuses_new_calls_until_delivery_makes_room() {
-    with_port_retries(full_spool_refuses).await;
-}
-
-async fn full_spool_refuses() -> anyhow::Result<()> {
+/// A gateway with one node whose spool holds 64 KiB under `policy`, serving `server` (an
+/// echo upstream), once the spool is empty; then its control plane is killed. Returns the
+/// control plane's address, to restart it there.
+async fn small_spool_without_control_plane(
+    policy: &str,
+    server_name: &str,
+) -> anyhow::Result<(EchoUpstream, Gateway, SocketAddr)> {
     let upstream = EchoUpstream::start(&[]).await?;
     let mut gateway = Gateway::start_with_node_args(
         1,
@@ -353,14 +350,18 @@ async fn full_spool_refuses() -> anyhow::Result<()> {
             "--audit-spool-max-bytes",
             SMALL_SPOOL,
             "--audit-spool-full",
-            "refuse",
+            policy,
             "--admin-listen",
             "127.0.0.1:0",
         ],
     )
     .await?;
     gateway
-        .create_server(server("bounded", &upstream.url(), bearer("upstream-t0ken")))
+        .create_server(server(
+            server_name,
+            &upstream.url(),
+            bearer("upstream-t0ken"),
+        ))
         .await?;
     // Delivered so far: the spool starts empty.
     wait_for_metric(
@@ -372,6 +373,40 @@ async fn full_spool_refuses() -> anyhow::Result<()> {
     .await?;
     let control_plane_address = gateway.control_plane.address();
     gateway.control_plane.kill_hard()?;
+    Ok((upstream, gateway, control_plane_address))
+}
+
+/// Starts the control plane again at `address` on its files and waits until the node's
+/// spool is delivered.
+async fn restart_control_plane_and_wait_for_delivery(
+    gateway: &mut Gateway,
+    address: SocketAddr,
+) -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start_on(&gateway.files, address).await?;
+    gateway.admin = control_plane.admin().await?;
+    gateway.control_plane = control_plane;
+    wait_for_metric(
+        gateway.node(0),
+        "portcullis_audit_spool_events",
+        "spool delivered",
+        |value| value == 0.0,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The refuse policy: with the control plane away, the spool fills and the node answers
+/// 503 `audit_spool_full` to new calls, without calling the upstream; once the control plane
+/// is back and the spool is delivered, calls go through again. Every call that got a
+/// result is in the trail.
+#[tokio::test]
+async fn a_full_spool_refuses_new_calls_until_delivery_makes_room() {
+    with_port_retries(full_spool_refuses).await;
+}
+
+async fn full_spool_refuses() -> anyhow::Result<()> {
+    let (_upstream, mut gateway, control_plane_address) =
+        small_spool_without_control_plane("refuse", "bounded").await?;
 
     let mut session = McpHttpSession::connect(&gateway.node(0).mcp_url("bounded"), &[]).await?;
     let mut answered = 0usize;
@@ -406,18 +441,17 @@ async fn full_spool_refuses() -> anyhow::Result<()> {
     let spooled = metric_value(&page, "portcullis_audit_spool_bytes").unwrap_or(f64::MAX);
     assert!(spooled <= 65536.0, "the spool holds {spooled} bytes");
     // The control plane returns: delivery empties the spool and calls pass again.
-    let control_plane = ControlPlane::start_on(&gateway.files, control_plane_address).await?;
-    gateway.admin = control_plane.admin().await?;
-    gateway.control_plane = control_plane;
+    restart_control_plane_and_wait_for_delivery(&mut gateway, control_plane_address).await?;
+    session.call_tool_text("whoami", json!({})).await?;
+    answered += 1;
+    // That call's event is delivered after its answer: wait until the spool is empty again.
     wait_for_metric(
         gateway.node(0),
         "portcullis_audit_spool_events",
-        "spool delivered",
+        "last call delivered",
         |value| value == 0.0,
     )
     .await?;
-    session.call_tool_text("whoami", json!({})).await?;
-    answered += 1;
     let whoami = audit_records(&mut gateway.admin, server_query("bounded"))
         .await?
         .into_iter()
@@ -436,31 +470,8 @@ async fn a_full_spool_drops_and_counts_events_under_the_drop_policy() {
 }
 
 async fn full_spool_drops() -> anyhow::Result<()> {
-    let upstream = EchoUpstream::start(&[]).await?;
-    let mut gateway = Gateway::start_with_node_args(
-        1,
-        &[
-            "--audit-spool-max-bytes",
-            SMALL_SPOOL,
-            "--audit-spool-full",
-            "drop",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await?;
-    gateway
-        .create_server(server("lossy", &upstream.url(), bearer("upstream-t0ken")))
-        .await?;
-    wait_for_metric(
-        gateway.node(0),
-        "portcullis_audit_spool_events",
-        "empty spool",
-        |v| v == 0.0,
-    )
-    .await?;
-    let control_plane_address = gateway.control_plane.address();
-    gateway.control_plane.kill_hard()?;
+    let (_upstream, mut gateway, control_plane_address) =
+        small_spool_without_control_plane("drop", "lossy").await?;
 
     // initialize and notifications/initialized are requests too.
     let mut session = McpHttpSession::connect(&gateway.node(0).mcp_url("lossy"), &[]).await?;
@@ -481,16 +492,7 @@ async fn full_spool_drops() -> anyhow::Result<()> {
         assert!(spooled <= 65536.0, "the spool holds {spooled} bytes");
     }
 
-    let control_plane = ControlPlane::start_on(&gateway.files, control_plane_address).await?;
-    gateway.admin = control_plane.admin().await?;
-    gateway.control_plane = control_plane;
-    wait_for_metric(
-        gateway.node(0),
-        "portcullis_audit_spool_events",
-        "spool delivered",
-        |value| value == 0.0,
-    )
-    .await?;
+    restart_control_plane_and_wait_for_delivery(&mut gateway, control_plane_address).await?;
     let page = node_metrics(gateway.node(0)).await?;
     let dropped = metric_value(&page, "portcullis_audit_events_dropped_full_total").unwrap_or(0.0);
     let audited = audit_records(&mut gateway.admin, server_query("lossy"))
