@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use portcullis_control_plane::audit;
 use portcullis_proto::v1 as proto;
 use portcullis_proto::v1::audit_ingest_client::AuditIngestClient;
 use tonic::Code;
@@ -254,14 +255,28 @@ async fn verify_finds_an_edited_and_a_deleted_record_in_the_real_files() {
     {
         use prost::Message;
         let db = sled::open(dir.path().join("data")).unwrap();
-        let tree = db.open_tree("audit").unwrap();
-        let value = tree.get(edited_sequence.to_be_bytes()).unwrap().unwrap();
-        let mut event = proto::AuditEvent::decode(&value[64..]).unwrap();
-        event.actor = "mallory".into();
-        let mut forged = value[..64].to_vec();
-        forged.extend_from_slice(&event.encode_to_vec());
-        tree.insert(edited_sequence.to_be_bytes(), forged).unwrap();
-        tree.remove(deleted_sequence.to_be_bytes()).unwrap();
+        let tree = db.open_tree(audit::BLOCKS_TREE).unwrap();
+        for (sequence, edit) in [(edited_sequence, true), (deleted_sequence, false)] {
+            let (key, value) = tree
+                .range(..=sequence.to_be_bytes())
+                .next_back()
+                .unwrap()
+                .unwrap();
+            let (mut records, damage) = audit::decode_block(&value);
+            assert_eq!(damage, None);
+            let index = records
+                .iter()
+                .position(|record| record.sequence == sequence)
+                .unwrap();
+            if edit {
+                let mut event = proto::AuditEvent::decode(records[index].event.as_slice()).unwrap();
+                event.actor = "mallory".into();
+                records[index].event = event.encode_to_vec();
+            } else {
+                records.remove(index);
+            }
+            tree.insert(key, audit::encode_block(&records)).unwrap();
+        }
         db.flush().unwrap();
     }
 

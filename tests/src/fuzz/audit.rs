@@ -5,7 +5,7 @@
 //! node delivers (`portcullis_control_plane::audit`). Inputs are request records with
 //! hostile field values (names from URL paths and bodies, claims of callers), events decoded
 //! from arbitrary protobuf or built from chosen values, and stored records that may have
-//! been tampered with (arbitrary keys and values in the `audit` tree).
+//! been tampered with (arbitrary keys and values in the `audit_blocks` tree).
 //!
 //! Nothing may panic: not validation, not opening a damaged trail, not appending, querying
 //! or verifying it. Every event a node makes from a record fits a spool frame and passes
@@ -18,7 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use arbitrary::Unstructured;
-use portcullis_control_plane::audit::{AuditLog, KINDS, local_event, validate};
+use portcullis_control_plane::audit::{
+    AuditLog, BLOCKS_TREE, KINDS, StoredRecord, encode_block, local_event, validate,
+};
 use portcullis_data_plane::audit::event::from_record;
 use portcullis_data_plane::audit::spool::{MAX_PAYLOAD_BYTES, encode_frame};
 use portcullis_data_plane::record::{Outcome, RequestRecord};
@@ -40,7 +42,7 @@ fn database() -> &'static sled::Db {
     })
 }
 
-/// A damaged or tampered stored record: raw key and value bytes of the `audit` tree.
+/// A damaged or tampered stored block: raw key and value bytes of the `audit_blocks` tree.
 #[derive(Debug, Clone)]
 pub struct RawRecord {
     pub key: Vec<u8>,
@@ -66,8 +68,23 @@ pub fn fuzz(data: &[u8]) {
                 let length = input.int_in_range(0..=12usize).unwrap_or(0);
                 input.bytes(length).unwrap_or_default().to_vec()
             };
-            let length = input.int_in_range(0..=160usize).unwrap_or(0);
-            let value = input.bytes(length).unwrap_or_default().to_vec();
+            let value = if input.ratio(1, 2).unwrap_or(false) {
+                let length = input.int_in_range(0..=160usize).unwrap_or(0);
+                input.bytes(length).unwrap_or_default().to_vec()
+            } else {
+                // A well-formed block whose records may lie about their place in the chain.
+                let mut records = Vec::new();
+                for _ in 0..input.int_in_range(0..=3u8).unwrap_or(0) {
+                    let length = input.int_in_range(0..=64usize).unwrap_or(0);
+                    records.push(StoredRecord {
+                        sequence: input.arbitrary().unwrap_or(0),
+                        previous: input.arbitrary().unwrap_or([0; 32]),
+                        hash: input.arbitrary().unwrap_or([0; 32]),
+                        event: input.bytes(length).unwrap_or_default().to_vec(),
+                    });
+                }
+                encode_block(&records)
+            };
             raw_records.push(RawRecord { key, value });
         }
     }
@@ -210,7 +227,7 @@ pub fn event_from(input: &mut Unstructured<'_>) -> proto::AuditEvent {
 }
 
 fn clear_trees(db: &sled::Db) {
-    for name in ["audit", "audit_ids", "audit_meta"] {
+    for name in [BLOCKS_TREE, "audit_ids", "audit_meta"] {
         db.open_tree(name)
             .and_then(|tree| tree.clear())
             .expect("a scratch tree clears");
@@ -224,7 +241,7 @@ pub fn check_trail(
 ) {
     let db = database();
     clear_trees(db);
-    let records = db.open_tree("audit").expect("the audit tree opens");
+    let records = db.open_tree(BLOCKS_TREE).expect("the audit tree opens");
     for raw in raw_records {
         records
             .insert(raw.key.as_slice(), raw.value.as_slice())
