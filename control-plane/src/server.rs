@@ -8,7 +8,6 @@ use std::sync::Arc;
 use portcullis_proto::v1::admin_service_server::AdminServiceServer;
 use portcullis_proto::v1::config_discovery_server::ConfigDiscoveryServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::{AccessError, AccessList};
 use crate::admin::AdminApi;
@@ -210,7 +209,6 @@ impl ControlPlane {
         // Bounds: dead peers are noticed by keepalives, one connection cannot open
         // unbounded streams, and messages are size-limited per service below.
         let mut builder = tonic::transport::Server::builder()
-            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .max_concurrent_streams(Some(1024))
@@ -229,7 +227,7 @@ impl ControlPlane {
             .add_service(ConfigDiscoveryServer::new(discovery))
             .add_service(NodeRuntimeServer::new(runtime))
             .add_service(AuditIngestServer::new(ingest).max_decoding_message_size(MAX_AUDIT_BATCH))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         serving.store(false, std::sync::atomic::Ordering::Release);
         stop_http.cancel();
@@ -281,4 +279,14 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Accepted connections: TCP keepalive, and `TCP_NODELAY` so that a small reply (an audit
+/// acknowledgement, a snapshot ACK) is not held back by Nagle's algorithm until the peer's
+/// delayed ACK (tens of milliseconds per call). The builder's own TCP options apply only
+/// to listeners it binds itself.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)))
 }
