@@ -4,7 +4,9 @@
 //! and flushing each batch. A backlog of spooled events (as after a control-plane outage)
 //! is drained by the node's delivery task; the figure is backlog / time to empty.
 //!
-//! Also prints the append rate of the spool itself (`write` per event, group fsync).
+//! The same with four nodes delivering at once (a fleet catching up after an outage), in
+//! the same process, sharing the cores with the control plane. Also prints the append
+//! rate of the spool itself (`write` per event, group fsync).
 //!
 //! `cargo bench -p portcullis-data-plane --bench audit_delivery [events]` (default 200000).
 
@@ -51,6 +53,7 @@ fn event(index: u64) -> proto::AuditEvent {
 
 /// A control plane serving on a loopback port, its data in `folder`; returns its URL.
 async fn start_control_plane(folder: &std::path::Path) -> String {
+    std::fs::create_dir_all(folder).unwrap();
     let access_file = folder.join("access.yaml");
     std::fs::write(
         &access_file,
@@ -96,17 +99,16 @@ fn main() {
     });
 }
 
-async fn run(events: u64) {
-    let folder = tempfile::tempdir().unwrap();
+/// A spool holding `events` events, appended as requests would (one write each, group
+/// fsync) from 32 tasks; prints the append rate when `report`.
+async fn filled_spool(dir: std::path::PathBuf, events: u64, report: bool) -> Spool {
     let (spool, _) = Spool::open(SpoolOptions {
-        dir: folder.path().join("spool"),
+        dir,
         max_bytes: 1 << 30,
         fsync: FsyncPolicy::Always,
         when_full: FullPolicy::Refuse,
     })
     .unwrap();
-
-    // The backlog: appended as requests would (one write each, group fsync), from 32 tasks.
     let started = Instant::now();
     let writers: Vec<_> = (0..32)
         .map(|writer| {
@@ -125,40 +127,93 @@ async fn run(events: u64) {
     }
     let elapsed = started.elapsed();
     let (depth, bytes) = spool.depth();
-    println!(
-        "spool append, 32 writers, fsync always: {depth} events ({:.1} MiB) in {:.2}s = {:.0} events/s",
-        bytes as f64 / (1 << 20) as f64,
-        elapsed.as_secs_f64(),
-        depth as f64 / elapsed.as_secs_f64()
-    );
+    if report {
+        println!(
+            "spool append, 32 writers, fsync always: {depth} events ({:.1} MiB) in {:.2}s = {:.0} events/s",
+            bytes as f64 / (1 << 20) as f64,
+            elapsed.as_secs_f64(),
+            depth as f64 / elapsed.as_secs_f64()
+        );
+    }
+    spool
+}
 
-    let url = start_control_plane(folder.path()).await;
-    let delivery = Delivery::new(
-        spool.clone(),
-        DeliveryOptions::new(
-            portcullis_data_plane::config::ControlPlaneConfig::with_token(
-                url.parse().unwrap(),
-                SecretValue::new(NODE_TOKEN.to_owned()),
-            ),
-        ),
-    )
-    .unwrap();
-    let status = delivery.status();
+/// Drains every spool into the control plane at `url` at once, one delivery task per
+/// spool (one node each); returns the events stored and the time taken.
+async fn drain(url: &str, spools: &[Spool]) -> (u64, Duration) {
     let stop = CancellationToken::new();
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
     let started = Instant::now();
-    let task = tokio::spawn(delivery.run(CancellationToken::new(), stop.clone()));
-    while spool.depth().0 > 0 {
+    for spool in spools {
+        let delivery = Delivery::new(
+            spool.clone(),
+            DeliveryOptions::new(
+                portcullis_data_plane::config::ControlPlaneConfig::with_token(
+                    url.parse().unwrap(),
+                    SecretValue::new(NODE_TOKEN.to_owned()),
+                ),
+            ),
+        )
+        .unwrap();
+        statuses.push(delivery.status());
+        tasks.push(tokio::spawn(
+            delivery.run(CancellationToken::new(), stop.clone()),
+        ));
+    }
+    while spools.iter().any(|spool| spool.depth().0 > 0) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
     stop.cancel();
-    let _ = task.await;
-    let delivered = status
-        .delivered_events
-        .load(std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let delivered = statuses
+        .iter()
+        .map(|status| {
+            status
+                .delivered_events
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    (delivered, elapsed)
+}
+
+async fn run(events: u64) {
+    let folder = tempfile::tempdir().unwrap();
+    let spool = filled_spool(folder.path().join("spool"), events, true).await;
+    let url = start_control_plane(&folder.path().join("one")).await;
+    let (delivered, elapsed) = drain(&url, &[spool]).await;
     assert_eq!(delivered, events, "every spooled event is stored once");
     println!(
-        "delivery, node spool -> Deliver (gRPC, batches of 1000) -> control plane trail: {delivered} events in {:.2}s = {:.0} events/s",
+        "delivery, 1 node: spool -> Deliver (gRPC, batches of 1000) -> control plane trail: {delivered} events in {:.2}s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64()
+    );
+
+    // A fleet catching up after a control-plane outage: four nodes deliver at once.
+    const NODES: u64 = 4;
+    let mut spools = Vec::new();
+    for node in 0..NODES {
+        spools.push(
+            filled_spool(
+                folder.path().join(format!("spool-{node}")),
+                events / NODES,
+                false,
+            )
+            .await,
+        );
+    }
+    let url = start_control_plane(&folder.path().join("fleet")).await;
+    let (delivered, elapsed) = drain(&url, &spools).await;
+    assert_eq!(
+        delivered,
+        events / NODES * NODES,
+        "every spooled event is stored once"
+    );
+    println!(
+        "delivery, {NODES} nodes at once: {delivered} events in {:.2}s = {:.0} events/s",
         elapsed.as_secs_f64(),
         delivered as f64 / elapsed.as_secs_f64()
     );
