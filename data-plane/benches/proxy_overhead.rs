@@ -1,18 +1,27 @@
-//! Gateway overhead: the same JSON-RPC POST sent straight to an upstream, through the node
-//! without agent authentication (Bearer app auth, full pipeline), through the node with
-//! Interactive SSO (a gateway access token validated on every request), and through nodes
-//! that audit every request into an on-disk spool (`--audit-fsync always`: the response
-//! completes after the event is fsynced; `interval`: after it is written), in the same run
-//! on loopback, sequentially and with concurrent callers. Prints latency percentiles,
-//! throughput and the ratios. The spool lives in a temporary folder (set `TMPDIR` to put it
-//! on the disk to measure).
+//! Gateway overhead: the same JSON-RPC `tools/call` POST (about 1 KiB) sent straight to an
+//! upstream, through the node without agent authentication (Bearer app auth, full
+//! pipeline), through the node with Interactive SSO (a gateway access token validated on
+//! every request), and through nodes that audit every request into an on-disk spool
+//! (`--audit-fsync always`: the response completes after the event is fsynced; `interval`:
+//! after it is written), in the same run on loopback. Prints latency percentiles,
+//! throughput and the ratios for three loads: one caller at a time, a moderate fixed rate
+//! (open loop: requests leave on schedule whatever the answers do), and concurrent callers
+//! (saturation).
+//!
+//! Two placements, each measured: `shared`, where the load generator, the upstream and the
+//! nodes share every core (what a laptop does), and `dedicated`, where the nodes run on a
+//! core of their own and the load generator and upstream on another (how a gateway is
+//! deployed and benchmarked: its figures are then the gateway's, not the cost of the load
+//! generator and the upstream it shares cores with). `dedicated` needs at least 2 cores.
+//! The spool lives in a temporary folder (set `TMPDIR` to put it on the disk to measure).
 //!
 //! Bounded in count and time. Arguments: `[sequential_requests] [concurrent_callers]
-//! [requests_per_caller]` (defaults 2000, 32, 100). The numbers mean most in an optimised
-//! build; in a debug build only the ratio is worth reading.
+//! [requests_per_caller] [fixed_rate_per_second]` (defaults 2000, 64, 200, 1000), and
+//! `--shared` or `--dedicated` to measure one placement only. The numbers mean most in an
+//! optimised build; in a debug build only the ratio is worth reading.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -31,23 +40,34 @@ use portcullis_data_plane::jwt::{JwksPolicy, JwksRegistry, unix_now};
 use portcullis_data_plane::metrics::NodeMetrics;
 use portcullis_data_plane::oauth::Issuer;
 use portcullis_data_plane::oauth::grant::{Grant, UserIdentity, mint_access_token};
-use portcullis_data_plane::record::{RecordSink, RequestRecord};
+use portcullis_data_plane::record::{RecordSink, RequestRecord, TracingRecordSink};
 use portcullis_data_plane::{NodeState, router};
 use portcullis_proto::v1 as proto;
 use portcullis_shared::snapshot::{SNAPSHOT_SCHEMA_VERSION, Snapshot};
 use tokio::net::TcpListener;
 
 const WARMUP_REQUESTS: usize = 200;
-const TIME_LIMIT: Duration = Duration::from_secs(300);
-const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"status"}}}"#;
+const TIME_LIMIT: Duration = Duration::from_secs(600);
+/// A `tools/call` of about 1 KiB.
+static BODY: LazyLock<Bytes> = LazyLock::new(|| {
+    let query = "status of the nightly deployment ".repeat(28);
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search","arguments":{{"q":"{query}"}}}}}}"#
+    ))
+});
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Records are dropped: the bench measures the proxy, not a log writer.
-struct DiscardRecords;
+/// What a node without an audit spool does with each record: its request log line (no
+/// subscriber is installed here, so the line is built only as far as `tracing` needs to
+/// see it is off) and its metrics. The audited nodes do the same, plus the spool.
+struct LogAndMetrics(Arc<NodeMetrics>);
 
-impl RecordSink for DiscardRecords {
-    fn record(&self, _record: RequestRecord) {}
+impl RecordSink for LogAndMetrics {
+    fn record(&self, record: RequestRecord) {
+        TracingRecordSink::log(&record);
+        self.0.observe(&record);
+    }
 }
 
 async fn start_upstream() -> SocketAddr {
@@ -193,7 +213,7 @@ async fn start_node(upstream: SocketAddr, audit: Option<FsyncPolicy>) -> (Socket
     )
     .unwrap();
     let records: Arc<dyn RecordSink> = match audit {
-        None => Arc::new(DiscardRecords),
+        None => Arc::new(LogAndMetrics(Arc::new(NodeMetrics::default()))),
         Some(fsync) => {
             let dir = tempfile::tempdir().unwrap().keep();
             let (spool, _) = Spool::open(SpoolOptions {
@@ -240,9 +260,7 @@ async fn one_request(client: &HttpClient, target: &Target) -> Duration {
     if let Some(authorization) = &target.authorization {
         request = request.header("authorization", authorization);
     }
-    let request = request
-        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-        .unwrap();
+    let request = request.body(Full::new(BODY.clone())).unwrap();
     let started = Instant::now();
     let response = client.request(request).await.unwrap();
     assert!(
@@ -342,6 +360,39 @@ async fn concurrent(
     }
 }
 
+/// Requests sent on a fixed schedule (one per tick of `1 / rate`) whatever the answers do:
+/// latency at a moderate load, without a closed loop hiding queueing.
+async fn fixed_rate(
+    client: &HttpClient,
+    target: &Target,
+    rate: usize,
+    count: usize,
+) -> Measurement {
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        ticks.tick().await;
+        let client = client.clone();
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            micros(one_request(&client, &target).await)
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3).unwrap();
+    for task in tasks {
+        latency.record(task.await.unwrap()).unwrap();
+    }
+    let elapsed = started.elapsed();
+    Measurement {
+        latency,
+        requests: count,
+        elapsed,
+        requests_per_second: count as f64 / elapsed.as_secs_f64(),
+    }
+}
+
 const NAMES: [&str; 5] = ["direct", "gateway", "sso", "audit", "audit-iv"];
 
 fn report(label: &str, runs: &[Measurement; 5]) {
@@ -362,10 +413,16 @@ fn report(label: &str, runs: &[Measurement; 5]) {
             / faster.latency.value_at_quantile(quantile) as f64
     };
     let [direct, gateway, sso, audit, audit_interval] = runs;
+    let added = |quantile: f64| {
+        gateway.latency.value_at_quantile(quantile) as i64
+            - direct.latency.value_at_quantile(quantile) as i64
+    };
     println!(
-        "  gateway/direct: p50 x{:.2}  p99 x{:.2}  throughput x{:.2}",
+        "  gateway/direct: p50 x{:.2} ({:+} us)  p99 x{:.2} ({:+} us)  throughput x{:.2}",
         ratio(gateway, direct, 0.50),
+        added(0.50),
         ratio(gateway, direct, 0.99),
+        added(0.99),
         gateway.requests_per_second / direct.requests_per_second,
     );
     for (name, run) in [
@@ -392,24 +449,89 @@ fn argument(index: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn main() {
-    let sequential_requests = argument(0, 2_000);
-    let callers = argument(1, 32);
-    let per_caller = argument(2, 100);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)
+        .unwrap_or_else(|error| panic!("pinning a thread to cpu {cpu} failed: {error}"));
+}
+
+/// A runtime with one worker, its threads (workers and blocking pool) on `cpu`.
+fn pinned_runtime(cpu: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || pin_to(cpu))
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
-        tokio::time::timeout(TIME_LIMIT, async {
+        .unwrap()
+}
+
+struct Settings {
+    sequential_requests: usize,
+    callers: usize,
+    per_caller: usize,
+    rate: usize,
+}
+
+fn main() {
+    let settings = Settings {
+        sequential_requests: argument(0, 2_000),
+        callers: argument(1, 64),
+        per_caller: argument(2, 200),
+        rate: argument(3, 1_000),
+    };
+    let only = |flag: &str| std::env::args().any(|argument| argument == flag);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if !only("--dedicated") {
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        println!("== placement: shared (load generator, upstream and nodes on all {cores} cores)");
+        measure(&settings, shared.handle(), shared.handle());
+    }
+    if !only("--shared") {
+        if cores < 2 {
+            println!(
+                "== placement: dedicated: skipped, it needs 2 cores and this machine has {cores}"
+            );
+            return;
+        }
+        let load = pinned_runtime(0);
+        let nodes = pinned_runtime(1);
+        println!(
+            "== placement: dedicated (nodes on core 1; load generator and upstream on core 0)"
+        );
+        measure(&settings, load.handle(), nodes.handle());
+    }
+}
+
+/// Runs every measurement: the load generator and the upstream on `load`, the nodes on
+/// `nodes` (the same runtime for the shared placement).
+fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::runtime::Handle) {
+    let Settings {
+        sequential_requests,
+        callers,
+        per_caller,
+        rate,
+    } = *settings;
+    let nodes = nodes.clone();
+    let work = load.spawn(async move {
+        tokio::time::timeout(TIME_LIMIT, async move {
             let upstream = start_upstream().await;
-            let (node, token) = start_node(upstream, None).await;
-            let (audited, _) = start_node(upstream, Some(FsyncPolicy::Always)).await;
-            let (audited_interval, _) = start_node(
-                upstream,
-                Some(FsyncPolicy::Interval(Duration::from_millis(100))),
-            )
-            .await;
+            let (node, token) = nodes.spawn(start_node(upstream, None)).await.unwrap();
+            let (audited, _) = nodes
+                .spawn(start_node(upstream, Some(FsyncPolicy::Always)))
+                .await
+                .unwrap();
+            let (audited_interval, _) = nodes
+                .spawn(start_node(
+                    upstream,
+                    Some(FsyncPolicy::Interval(Duration::from_millis(100))),
+                ))
+                .await
+                .unwrap();
             let client: HttpClient =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
             let direct = Target {
@@ -448,6 +570,18 @@ fn main() {
                 &runs,
             );
 
+            let per_target = rate * 2;
+            let mut runs = std::array::from_fn(|_| Measurement::empty());
+            for _ in 0..ROUNDS {
+                for (target, run) in targets.iter().zip(runs.iter_mut()) {
+                    run.add(fixed_rate(&client, target, rate, per_target / ROUNDS).await);
+                }
+            }
+            report(
+                &format!("fixed rate {rate} req/s, {per_target} requests ({ROUNDS} rounds)"),
+                &runs,
+            );
+
             let mut runs = std::array::from_fn(|_| Measurement::empty());
             for _ in 0..ROUNDS {
                 for (target, run) in targets.iter().zip(runs.iter_mut()) {
@@ -462,4 +596,13 @@ fn main() {
         .await
         .expect("the benchmark exceeded its time limit");
     });
+    futures_lite_block_on(work);
+}
+
+/// Waits for a task of another runtime from the main thread.
+fn futures_lite_block_on(task: tokio::task::JoinHandle<()>) {
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    waiter.block_on(task).unwrap();
 }
