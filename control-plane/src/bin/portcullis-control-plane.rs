@@ -10,6 +10,11 @@ use portcullis_control_plane::secrets::{MasterKey, generate_master_key_file};
 use portcullis_control_plane::server::{ControlPlane, ControlPlaneConfig, shutdown_signal};
 use portcullis_shared::telemetry::{self, LogFormat, TelemetryConfig};
 
+/// mimalloc instead of glibc malloc, as the node: sled's copy-on-write pages and gRPC
+/// messages allocate and free many small buffers across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
