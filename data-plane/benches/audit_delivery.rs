@@ -24,6 +24,10 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of the binaries, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 const NODE_TOKEN: &str = "bench-node-token";
 

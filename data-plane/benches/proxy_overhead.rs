@@ -1,5 +1,5 @@
 //! Gateway overhead: the same JSON-RPC `tools/call` POST (about 1 KiB) sent straight to an
-//! upstream, through the node without agent authentication (Bearer app auth, full
+//! upstream, through the node without agent authentication (API key app auth, full
 //! pipeline), through the node with Interactive SSO (a gateway access token validated on
 //! every request), and through nodes that audit every request into an on-disk spool
 //! (`--audit-fsync always`: the response completes after the event is fsynced; `interval`:
@@ -45,6 +45,10 @@ use portcullis_data_plane::{NodeState, router};
 use portcullis_proto::v1 as proto;
 use portcullis_shared::snapshot::{SNAPSHOT_SCHEMA_VERSION, Snapshot};
 use tokio::net::TcpListener;
+
+/// The allocator of the node binary, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WARMUP_REQUESTS: usize = 200;
 const TIME_LIMIT: Duration = Duration::from_secs(600);
@@ -141,8 +145,10 @@ fn bench_server(
             restricted_inbound_headers: vec!["x-internal-*".to_owned()],
         }),
         app_auth: Some(proto::AppAuth {
-            kind: Some(proto::app_auth::Kind::Bearer(proto::BearerToken {
-                token: secret("bench-token".to_owned()),
+            kind: Some(proto::app_auth::Kind::ApiKey(proto::ApiKey {
+                key_name: "x-api-key".to_owned(),
+                key_value: secret("bench-api-key".to_owned()),
+                location: proto::ApiKeyLocation::Header as i32,
             })),
         }),
         ..proto::McpServer::default()
@@ -457,10 +463,12 @@ fn pin_to(cpu: usize) {
         .unwrap_or_else(|error| panic!("pinning a thread to cpu {cpu} failed: {error}"));
 }
 
-/// A runtime with one worker, its threads (workers and blocking pool) on `cpu`.
-fn pinned_runtime(cpu: usize) -> tokio::runtime::Runtime {
+/// A runtime with one worker, its threads (workers and blocking pool) on `cpu`, named
+/// `name` (so that a profiler can tell the nodes from the load generator).
+fn pinned_runtime(cpu: usize, name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name(name)
         .on_thread_start(move || pin_to(cpu))
         .enable_all()
         .build()
@@ -498,8 +506,8 @@ fn main() {
             );
             return;
         }
-        let load = pinned_runtime(0);
-        let nodes = pinned_runtime(1);
+        let load = pinned_runtime(0, "bench-load");
+        let nodes = pinned_runtime(1, "bench-nodes");
         println!(
             "== placement: dedicated (nodes on core 1; load generator and upstream on core 0)"
         );
