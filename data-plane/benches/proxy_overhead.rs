@@ -3,7 +3,9 @@
 //! pipeline), through the node with Interactive SSO (a gateway access token validated on
 //! every request), and through nodes that audit every request into an on-disk spool
 //! (`--audit-fsync always`: the response completes after the event is fsynced; `interval`:
-//! after it is written), in the same run on loopback. Prints latency percentiles,
+//! after it is written), in the same run on loopback. A bare hyper forwarder (`fwd`, on
+//! the nodes' cores) shows the floor any proxy built on this HTTP stack pays here, so that
+//! what the node's own pipeline adds can be told apart. Prints latency percentiles,
 //! throughput and the ratios for three loads: one caller at a time, a moderate fixed rate
 //! (open loop: requests leave on schedule whatever the answers do), and concurrent callers
 //! (saturation).
@@ -16,9 +18,10 @@
 //! The spool lives in a temporary folder (set `TMPDIR` to put it on the disk to measure).
 //!
 //! Bounded in count and time. Arguments: `[sequential_requests] [concurrent_callers]
-//! [requests_per_caller] [fixed_rate_per_second]` (defaults 2000, 64, 200, 1000), and
-//! `--shared` or `--dedicated` to measure one placement only. The numbers mean most in an
-//! optimised build; in a debug build only the ratio is worth reading.
+//! [requests_per_caller] [fixed_rate_per_second]` (defaults 2000, 64, 1000, 1000), and
+//! `--shared` or `--dedicated` to measure one placement only; `--profile=NAME` puts only
+//! target NAME under concurrent load, for a profiler to attach to. The numbers mean most
+//! in an optimised build; in a debug build only the ratio is worth reading.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -86,6 +89,42 @@ async fn start_upstream() -> SocketAddr {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+/// The floor: the least any proxy built on the same HTTP stack does. A bare hyper
+/// forwarder (axum server, hyper-util pooled client with `TCP_NODELAY`) that reads the body,
+/// sets the API key and streams the answer back, with no routing, firewall, inspection or
+/// record. What the node adds beyond it is the node's own pipeline.
+async fn start_forwarder(upstream: SocketAddr) -> SocketAddr {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let target = format!("http://{upstream}/mcp");
+    let app = Router::new().route(
+        "/mcp",
+        post(move |request: axum::extract::Request| {
+            let client = client.clone();
+            let target = target.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let forwarded = Request::post(target)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("x-api-key", "bench-api-key")
+                    .body(Full::new(body))
+                    .unwrap();
+                let (parts, body) = client.request(forwarded).await.unwrap().into_parts();
+                axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        tcp.set_nodelay(true).unwrap();
+    });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     address
 }
@@ -399,9 +438,9 @@ async fn fixed_rate(
     }
 }
 
-const NAMES: [&str; 5] = ["direct", "gateway", "sso", "audit", "audit-iv"];
+const NAMES: [&str; 6] = ["direct", "fwd", "gateway", "sso", "audit", "audit-iv"];
 
-fn report(label: &str, runs: &[Measurement; 5]) {
+fn report(label: &str, runs: &[Measurement; 6]) {
     println!("{label}");
     for (name, measurement) in NAMES.iter().zip(runs) {
         let latency = &measurement.latency;
@@ -418,19 +457,21 @@ fn report(label: &str, runs: &[Measurement; 5]) {
         slower.latency.value_at_quantile(quantile) as f64
             / faster.latency.value_at_quantile(quantile) as f64
     };
-    let [direct, gateway, sso, audit, audit_interval] = runs;
-    let added = |quantile: f64| {
-        gateway.latency.value_at_quantile(quantile) as i64
+    let [direct, forwarder, gateway, sso, audit, audit_interval] = runs;
+    let added = |slower: &Measurement, quantile: f64| {
+        slower.latency.value_at_quantile(quantile) as i64
             - direct.latency.value_at_quantile(quantile) as i64
     };
-    println!(
-        "  gateway/direct: p50 x{:.2} ({:+} us)  p99 x{:.2} ({:+} us)  throughput x{:.2}",
-        ratio(gateway, direct, 0.50),
-        added(0.50),
-        ratio(gateway, direct, 0.99),
-        added(0.99),
-        gateway.requests_per_second / direct.requests_per_second,
-    );
+    for (name, run) in [("gateway/direct:", gateway), ("fwd/direct:    ", forwarder)] {
+        println!(
+            "  {name} p50 x{:.2} ({:+} us)  p99 x{:.2} ({:+} us)  throughput x{:.2}",
+            ratio(run, direct, 0.50),
+            added(run, 0.50),
+            ratio(run, direct, 0.99),
+            added(run, 0.99),
+            run.requests_per_second / direct.requests_per_second,
+        );
+    }
     for (name, run) in [
         ("sso/gateway:     ", sso),
         ("audit/gateway:   ", audit),
@@ -480,14 +521,18 @@ struct Settings {
     callers: usize,
     per_caller: usize,
     rate: usize,
+    /// `--profile=NAME`: only NAME under concurrent load (for a profiler).
+    profile: Option<String>,
 }
 
 fn main() {
     let settings = Settings {
         sequential_requests: argument(0, 2_000),
         callers: argument(1, 64),
-        per_caller: argument(2, 200),
+        per_caller: argument(2, 1_000),
         rate: argument(3, 1_000),
+        profile: std::env::args()
+            .find_map(|argument| argument.strip_prefix("--profile=").map(str::to_owned)),
     };
     let only = |flag: &str| std::env::args().any(|argument| argument == flag);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -523,7 +568,9 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
         callers,
         per_caller,
         rate,
+        ref profile,
     } = *settings;
+    let profile = profile.clone();
     let nodes = nodes.clone();
     let work = load.spawn(async move {
         tokio::time::timeout(TIME_LIMIT, async move {
@@ -540,10 +587,15 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
                 ))
                 .await
                 .unwrap();
+            let forwarder = nodes.spawn(start_forwarder(upstream)).await.unwrap();
             let client: HttpClient =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
             let direct = Target {
                 url: format!("http://{upstream}/mcp"),
+                authorization: None,
+            };
+            let forwarder = Target {
+                url: format!("http://{forwarder}/mcp"),
                 authorization: None,
             };
             let gateway = Target {
@@ -562,9 +614,22 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
                 url: format!("http://{audited_interval}/mcp/bench"),
                 authorization: None,
             };
-            let targets = [&direct, &gateway, &sso, &audit, &audit_interval];
+            let targets = [&direct, &forwarder, &gateway, &sso, &audit, &audit_interval];
             for target in targets {
                 sequential(&client, target, WARMUP_REQUESTS).await;
+            }
+            if let Some(name) = &profile {
+                // Only one target under concurrent load, for a profiler to attach to.
+                let index = NAMES
+                    .iter()
+                    .position(|candidate| candidate == name)
+                    .unwrap_or_else(|| panic!("--profile takes one of {NAMES:?}"));
+                let run = concurrent(&client, targets[index], callers, per_caller).await;
+                println!(
+                    "profile {name}: {callers} callers x {per_caller}: {:.0} req/s",
+                    run.requests_per_second
+                );
+                return;
             }
 
             let mut runs = std::array::from_fn(|_| Measurement::empty());
