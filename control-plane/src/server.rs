@@ -162,9 +162,13 @@ impl ControlPlane {
                 ),
                 serving: serving.clone(),
             });
-            let server = axum::serve(http_listener, crate::observability::http_router(state))
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-            tokio::spawn(server.into_future())
+            // Bounded request heads and a header read timeout, as on the nodes' listeners.
+            tokio::spawn(portcullis_shared::http_server::serve(
+                http_listener,
+                crate::observability::http_router(state),
+                portcullis_shared::http_server::HttpServerLimits::default(),
+                stop_http.clone(),
+            ))
         });
         let serving_flag = serving.clone();
         let shutdown = async move {

@@ -196,9 +196,12 @@ fn bench_server(
 
 /// A node serving `bench` (no agent authentication) and `bench-sso` (Interactive SSO) in
 /// front of `upstream`; returns its address and an access token for `bench-sso`. With
-/// `audit`, records go to an audit spool with that fsync policy (nothing delivers it: the
-/// spool only grows, well within its bound for a run).
-async fn start_node(upstream: SocketAddr, audit: Option<FsyncPolicy>) -> (SocketAddr, String) {
+/// `audit`, records go to an audit spool in that folder with that fsync policy (nothing
+/// delivers it: the spool only grows, well within its bound for a run).
+async fn start_node(
+    upstream: SocketAddr,
+    audit: Option<(FsyncPolicy, std::path::PathBuf)>,
+) -> (SocketAddr, String) {
     let snapshot = proto::Snapshot {
         version: 1,
         schema_version: SNAPSHOT_SCHEMA_VERSION,
@@ -259,8 +262,7 @@ async fn start_node(upstream: SocketAddr, audit: Option<FsyncPolicy>) -> (Socket
     .unwrap();
     let records: Arc<dyn RecordSink> = match audit {
         None => Arc::new(LogAndMetrics(Arc::new(NodeMetrics::default()))),
-        Some(fsync) => {
-            let dir = tempfile::tempdir().unwrap().keep();
+        Some((fsync, dir)) => {
             let (spool, _) = Spool::open(SpoolOptions {
                 dir,
                 max_bytes: 1 << 30,
@@ -572,18 +574,28 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
     } = *settings;
     let profile = profile.clone();
     let nodes = nodes.clone();
+    // The audited nodes' spools; removed when the measurement ends.
+    let spools = tempfile::tempdir().unwrap();
+    let always_spool = spools.path().join("always");
+    let interval_spool = spools.path().join("interval");
     let work = load.spawn(async move {
         tokio::time::timeout(TIME_LIMIT, async move {
             let upstream = start_upstream().await;
             let (node, token) = nodes.spawn(start_node(upstream, None)).await.unwrap();
             let (audited, _) = nodes
-                .spawn(start_node(upstream, Some(FsyncPolicy::Always)))
+                .spawn(start_node(
+                    upstream,
+                    Some((FsyncPolicy::Always, always_spool)),
+                ))
                 .await
                 .unwrap();
             let (audited_interval, _) = nodes
                 .spawn(start_node(
                     upstream,
-                    Some(FsyncPolicy::Interval(Duration::from_millis(100))),
+                    Some((
+                        FsyncPolicy::Interval(Duration::from_millis(100)),
+                        interval_spool,
+                    )),
                 ))
                 .await
                 .unwrap();
@@ -669,11 +681,11 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
         .await
         .expect("the benchmark exceeded its time limit");
     });
-    futures_lite_block_on(work);
+    wait_for(work);
 }
 
 /// Waits for a task of another runtime from the main thread.
-fn futures_lite_block_on(task: tokio::task::JoinHandle<()>) {
+fn wait_for(task: tokio::task::JoinHandle<()>) {
     let waiter = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

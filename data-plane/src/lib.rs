@@ -20,7 +20,6 @@
 //!   tokens cached from the control plane's vault, the "connect your account" prompt, the
 //!   account-linking flow and users' own list of links.
 //! - [`tls`]: TLS of the listeners and the node's client certificate for the control plane.
-//! - [`http_server`]: the listeners' HTTP server, with bounded request heads and timeouts.
 //! - [`rate_limit`]: per-client rate limits of the OAuth and account-linking endpoints.
 //! - [`node`]: startup, serving and graceful shutdown.
 
@@ -30,7 +29,6 @@ pub mod compiled;
 pub mod config;
 pub mod connect;
 pub mod discovery;
-pub mod http_server;
 pub mod jwt;
 pub mod metrics;
 pub mod node;

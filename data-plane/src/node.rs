@@ -85,13 +85,13 @@ impl Listener {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
         // Bounded heads, header read and keep-alive timeouts, and the peer address of each
-        // request (for the rate limits): see `crate::http_server`.
-        let limits = crate::http_server::HttpServerLimits::default();
+        // request (for the rate limits): see `portcullis_shared::http_server`.
+        let limits = portcullis_shared::http_server::HttpServerLimits::default();
         match self {
             // No Nagle: a response can end in a small write of its own (a stream's last
             // frame waits for its audit event), which would otherwise wait for the client's
             // delayed ACK (40 ms).
-            Self::Plain(listener) => tokio::spawn(crate::http_server::serve(
+            Self::Plain(listener) => tokio::spawn(portcullis_shared::http_server::serve(
                 axum::serve::ListenerExt::tap_io(listener, |tcp| {
                     if let Err(error) = tcp.set_nodelay(true) {
                         tracing::debug!(%error, "cannot set TCP_NODELAY");
@@ -101,7 +101,7 @@ impl Listener {
                 limits,
                 shutdown,
             )),
-            Self::Tls(listener) => tokio::spawn(crate::http_server::serve(
+            Self::Tls(listener) => tokio::spawn(portcullis_shared::http_server::serve(
                 listener, router, limits, shutdown,
             )),
         }

@@ -12,6 +12,8 @@ pub mod crypto;
 pub mod error;
 pub mod gateway;
 pub mod glob;
+#[cfg(feature = "http-server")]
+pub mod http_server;
 pub mod names;
 pub mod secret;
 pub mod snapshot;

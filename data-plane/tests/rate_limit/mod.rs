@@ -11,9 +11,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, StatusCode};
-use portcullis_data_plane::http_server::HttpServerLimits;
 use portcullis_data_plane::oauth::OAuthSettings;
 use portcullis_data_plane::rate_limit::{Rate, RateLimitSettings, RateLimits, TrustedProxies};
+use portcullis_shared::http_server::HttpServerLimits;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -229,7 +229,7 @@ async fn listen(node: &TestNode, limits: HttpServerLimits) -> (SocketAddr, Cance
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(portcullis_data_plane::http_server::serve(
+    tokio::spawn(portcullis_shared::http_server::serve(
         listener,
         portcullis_data_plane::router(node.state.clone()),
         limits,

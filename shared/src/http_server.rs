@@ -1,5 +1,6 @@
-//! The HTTP server of the node's listeners (public and admin), with the bounds `axum::serve`
-//! does not set: hyper's defaults have no header read timeout without a timer, so a client
+//! The HTTP server of both planes' HTTP listeners (the node's public and admin listeners,
+//! the control plane's metrics and health listener), with the bounds `axum::serve` does not
+//! set: hyper's defaults have no header read timeout without a timer, so a client
 //! could hold a connection open forever by sending nothing (or one header byte a minute).
 //!
 //! | bound | value |
@@ -12,9 +13,9 @@
 //! | HTTP/2 dead peers: ping interval and answer timeout | [`HttpServerLimits::http2_keep_alive_interval`] |
 //!
 //! Bodies are bounded where they are read (the proxy's `--max-request-body-bytes`, the
-//! OAuth endpoints' form and JSON limits); TLS handshakes have their own timeout in
-//! [`crate::tls`]. Each request carries its peer address as `ConnectInfo<SocketAddr>` (for
-//! the rate limits).
+//! OAuth endpoints' form and JSON limits); the node's TLS handshakes have their own timeout
+//! in its `tls` module. Each request carries its peer address as `ConnectInfo<SocketAddr>`
+//! (for the node's rate limits).
 
 use std::net::SocketAddr;
 use std::time::Duration;
