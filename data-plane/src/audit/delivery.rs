@@ -133,9 +133,7 @@ impl Delivery {
     /// Delivers until `shutdown` is cancelled, or until everything readable is delivered
     /// once `drain` is cancelled. The spool keeps whatever is undelivered then.
     pub async fn run(mut self, drain: CancellationToken, shutdown: CancellationToken) {
-        // The reader is here, or in the task reading the next batch while one is in flight.
-        let mut reader = Some(self.spool.reader());
-        let mut next: Option<ReadTask> = None;
+        let mut reader = self.spool.reader();
         let mut backoff = Backoff::new(self.options.backoff);
         // A batch read but not acknowledged yet; sent again until it is.
         let mut pending: Option<ReadBatch> = None;
@@ -145,24 +143,20 @@ impl Delivery {
             }
             let batch = match pending.take() {
                 Some(batch) => batch,
-                None => {
-                    let task = match next.take() {
-                        Some(task) => task,
-                        None => self.start_read(reader.take().expect("the reader is not out")),
-                    };
-                    let (result, returned) = finish_read(task).await;
-                    reader = Some(returned);
-                    match result {
-                        Ok(batch) => batch,
-                        Err(error) => {
-                            tracing::error!(%error, "reading the audit spool failed");
-                            if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-                                return;
-                            }
-                            continue;
-                        }
+                None => match self.read(reader).await {
+                    (Ok(batch), returned) => {
+                        reader = returned;
+                        batch
                     }
-                }
+                    (Err(error), returned) => {
+                        reader = returned;
+                        tracing::error!(%error, "reading the audit spool failed");
+                        if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
             };
             if batch.events.is_empty() {
                 if batch.bytes > 0 {
@@ -176,21 +170,13 @@ impl Delivery {
                 if drain.is_cancelled() {
                     return;
                 }
-                let position = reader
-                    .as_ref()
-                    .expect("an empty batch was just read")
-                    .position();
+                let position = reader.position();
                 tokio::select! {
                     () = self.spool.wait_readable_after(position) => {}
                     () = drain.cancelled() => {}
                     () = shutdown.cancelled() => return,
                 }
                 continue;
-            }
-            // The next batch is read from disk while this one is on its way (it is sent
-            // only after this one is acknowledged, so the order holds).
-            if let Some(free) = reader.take() {
-                next = Some(self.start_read(free));
             }
             let events = decode(&batch);
             if let Some(first) = events.first() {
@@ -229,13 +215,25 @@ impl Delivery {
         }
     }
 
-    fn start_read(&self, mut reader: SpoolReader) -> ReadTask {
+    async fn read(
+        &self,
+        mut reader: SpoolReader,
+    ) -> (
+        Result<ReadBatch, crate::audit::spool::SpoolError>,
+        SpoolReader,
+    ) {
         let max_events = self.options.max_batch_events;
         let max_bytes = self.options.max_batch_bytes;
-        tokio::task::spawn_blocking(move || {
+        match tokio::task::spawn_blocking(move || {
             let result = reader.read_batch(max_events, max_bytes);
             (result, reader)
         })
+        .await
+        {
+            Ok(done) => done,
+            // The closure does not panic; if it did, the process is in trouble anyway.
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
     }
 
     fn count(&self, stored: u64, duplicates: u64) {
@@ -324,25 +322,6 @@ fn decode(batch: &ReadBatch) -> Vec<proto::AuditEvent> {
             }
         })
         .collect()
-}
-
-/// A spool read running on the blocking pool; it hands the reader back.
-type ReadTask = tokio::task::JoinHandle<(
-    Result<ReadBatch, crate::audit::spool::SpoolError>,
-    SpoolReader,
-)>;
-
-async fn finish_read(
-    task: ReadTask,
-) -> (
-    Result<ReadBatch, crate::audit::spool::SpoolError>,
-    SpoolReader,
-) {
-    match task.await {
-        Ok(done) => done,
-        // The closure does not panic; if it did, the process is in trouble anyway.
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
 }
 
 /// Sleeps; true when shutdown came first.
