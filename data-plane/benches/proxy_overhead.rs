@@ -644,35 +644,32 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
                 return;
             }
 
-            let mut runs = std::array::from_fn(|_| Measurement::empty());
-            for _ in 0..ROUNDS {
-                for (target, run) in targets.iter().zip(runs.iter_mut()) {
-                    run.add(sequential(&client, target, sequential_requests / ROUNDS).await);
-                }
-            }
+            let runs = in_rounds(&targets, |target| {
+                let client = client.clone();
+                async move { sequential(&client, &target, sequential_requests / ROUNDS).await }
+            })
+            .await;
             report(
                 &format!("sequential, {sequential_requests} requests ({ROUNDS} rounds)"),
                 &runs,
             );
 
             let per_target = rate * 2;
-            let mut runs = std::array::from_fn(|_| Measurement::empty());
-            for _ in 0..ROUNDS {
-                for (target, run) in targets.iter().zip(runs.iter_mut()) {
-                    run.add(fixed_rate(&client, target, rate, per_target / ROUNDS).await);
-                }
-            }
+            let runs = in_rounds(&targets, |target| {
+                let client = client.clone();
+                async move { fixed_rate(&client, &target, rate, per_target / ROUNDS).await }
+            })
+            .await;
             report(
                 &format!("fixed rate {rate} req/s, {per_target} requests ({ROUNDS} rounds)"),
                 &runs,
             );
 
-            let mut runs = std::array::from_fn(|_| Measurement::empty());
-            for _ in 0..ROUNDS {
-                for (target, run) in targets.iter().zip(runs.iter_mut()) {
-                    run.add(concurrent(&client, target, callers, per_caller / ROUNDS).await);
-                }
-            }
+            let runs = in_rounds(&targets, |target| {
+                let client = client.clone();
+                async move { concurrent(&client, &target, callers, per_caller / ROUNDS).await }
+            })
+            .await;
             report(
                 &format!("{callers} concurrent callers x {per_caller} requests ({ROUNDS} rounds)"),
                 &runs,
@@ -682,6 +679,21 @@ fn measure(settings: &Settings, load: &tokio::runtime::Handle, nodes: &tokio::ru
         .expect("the benchmark exceeded its time limit");
     });
     wait_for(work);
+}
+
+/// One measurement of every target, the targets taking turns in [`ROUNDS`] rounds.
+async fn in_rounds<F, M>(targets: &[&Target; 6], mut measure: M) -> [Measurement; 6]
+where
+    M: FnMut(Target) -> F,
+    F: Future<Output = Measurement>,
+{
+    let mut runs = std::array::from_fn(|_| Measurement::empty());
+    for _ in 0..ROUNDS {
+        for (target, run) in targets.iter().zip(runs.iter_mut()) {
+            run.add(measure((*target).clone()).await);
+        }
+    }
+    runs
 }
 
 /// Waits for a task of another runtime from the main thread.
