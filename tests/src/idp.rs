@@ -1215,3 +1215,39 @@ pub mod jwt {
         Ok(data.claims)
     }
 }
+
+/// "corp", the identity provider the end-to-end tests register at the gateway for
+/// Interactive SSO, with the gateway as its confidential client.
+pub mod corp {
+    use portcullis_proto::v1 as proto;
+
+    use super::IdpClient;
+    use crate::gateway::servers::secret;
+
+    pub const ID: &str = "corp";
+    pub const CLIENT_ID: &str = "portcullis";
+    pub const CLIENT_SECRET: &str = "portcullis-idp-secret";
+
+    /// The gateway as a client of the identity provider, signing users in through the node
+    /// at `public_url`.
+    pub fn gateway_client(public_url: &str) -> IdpClient {
+        IdpClient::confidential(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            &[&format!("{public_url}/oauth/callback")],
+        )
+    }
+
+    /// The gateway's registration of the identity provider at `issuer`, asking for `scopes`.
+    pub fn registration(issuer: &str, scopes: &[&str]) -> proto::IdentityProvider {
+        proto::IdentityProvider {
+            id: ID.to_owned(),
+            display_name: "Corp SSO".to_owned(),
+            issuer: issuer.to_owned(),
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: secret(CLIENT_SECRET),
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+            ..proto::IdentityProvider::default()
+        }
+    }
+}

@@ -17,16 +17,13 @@ use std::time::{Duration, Instant};
 use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::gateway::servers::{secret, server};
-use portcullis_tests::idp::{IdpAccount, IdpClient, IdpConfig, ProtectedMcpServer, TestIdp};
+use portcullis_tests::idp::{IdpAccount, IdpClient, IdpConfig, ProtectedMcpServer, TestIdp, corp};
 use portcullis_tests::linking::{PublicUrl, collect_files, link_in};
 use portcullis_tests::mcp_http::McpHttpSession;
 use portcullis_tests::python_client::ConnectLinks;
 use portcullis_tests::{Gateway, python_mcp_client};
 use serde_json::{Value, json};
 
-pub(crate) const IDP_ID: &str = "corp";
-const IDP_CLIENT_ID: &str = "portcullis";
-const IDP_CLIENT_SECRET: &str = "portcullis-idp-secret";
 /// The app in the gateway's catalog, and its OAuth client at the "GitHub" provider.
 pub(crate) const APP_ID: &str = "github";
 const APP_CLIENT_ID: &str = "github-app";
@@ -53,11 +50,7 @@ impl Linking {
         let public_url = public.url();
         let config = config
             .scopes(&["repo", "read:user"])
-            .client(IdpClient::confidential(
-                IDP_CLIENT_ID,
-                IDP_CLIENT_SECRET,
-                &[&format!("{public_url}/oauth/callback")],
-            ))
+            .client(corp::gateway_client(&public_url))
             // GitHub: the secret in the form body; code and refresh grants only.
             .client(
                 IdpClient::confidential(
@@ -95,15 +88,7 @@ impl Linking {
         gateway
             .admin
             .put_identity_provider(proto::PutIdentityProviderRequest {
-                identity_provider: Some(proto::IdentityProvider {
-                    id: IDP_ID.to_owned(),
-                    display_name: "Corp SSO".to_owned(),
-                    issuer: idp.issuer().to_owned(),
-                    client_id: IDP_CLIENT_ID.to_owned(),
-                    client_secret: secret(IDP_CLIENT_SECRET),
-                    scopes: ["openid", "email"].map(str::to_owned).to_vec(),
-                    ..proto::IdentityProvider::default()
-                }),
+                identity_provider: Some(corp::registration(idp.issuer(), &["openid", "email"])),
                 expected_revision: None,
             })
             .await
@@ -145,7 +130,7 @@ impl Linking {
         github.agent_auth = Some(proto::AgentAuth {
             mode: Some(proto::agent_auth::Mode::Interactive(
                 proto::InteractiveSso {
-                    identity_provider: IDP_ID.to_owned(),
+                    identity_provider: corp::ID.to_owned(),
                     scopes: vec![SERVER_SCOPE.to_owned()],
                 },
             )),
@@ -597,7 +582,7 @@ async fn expiry_during_a_burst_on_two_nodes_refreshes_once_and_a_revoked_grant_p
     secrets.extend([
         token.clone(),
         APP_CLIENT_SECRET.to_owned(),
-        IDP_CLIENT_SECRET.to_owned(),
+        corp::CLIENT_SECRET.to_owned(),
     ]);
     assert!(secrets.len() >= 6, "{}", secrets.len());
     let logs = linking.logs();

@@ -28,15 +28,11 @@ use portcullis_tests::Gateway;
 use portcullis_tests::conformance::{
     ConformanceReport, ExpectedFailures, SuiteVersion, baseline_path, conformance_with,
 };
-use portcullis_tests::gateway::servers::secret;
-use portcullis_tests::idp::{IdpClient, IdpConfig, TestIdp};
+use portcullis_tests::idp::{IdpConfig, TestIdp, corp};
 use portcullis_tests::paths;
 use portcullis_tests::process::scratch_dir;
 use serde_json::{Value, json};
 
-const IDP_ID: &str = "corp";
-const IDP_CLIENT_ID: &str = "portcullis";
-const IDP_CLIENT_SECRET: &str = "portcullis-idp-secret";
 /// Scenarios whose client is expected to end in an error: the server refuses every token
 /// (`403 insufficient_scope` for ever), and the check is that the client stops.
 const CLIENT_ERROR_EXPECTED: [&str; 1] = ["auth/scope-retry-limit"];
@@ -60,25 +56,13 @@ impl Fixture {
     async fn start() -> Self {
         let mut gateway = Gateway::start(1).await.unwrap();
         let public_url = format!("http://{}", gateway.node(0).address());
-        let idp = TestIdp::start(IdpConfig::default().client(IdpClient::confidential(
-            IDP_CLIENT_ID,
-            IDP_CLIENT_SECRET,
-            &[&format!("{public_url}/oauth/callback")],
-        )))
-        .await
-        .unwrap();
+        let idp = TestIdp::start(IdpConfig::default().client(corp::gateway_client(&public_url)))
+            .await
+            .unwrap();
         gateway
             .admin
             .put_identity_provider(proto::PutIdentityProviderRequest {
-                identity_provider: Some(proto::IdentityProvider {
-                    id: IDP_ID.to_owned(),
-                    display_name: "Corp SSO".to_owned(),
-                    issuer: idp.issuer().to_owned(),
-                    client_id: IDP_CLIENT_ID.to_owned(),
-                    client_secret: secret(IDP_CLIENT_SECRET),
-                    scopes: ["openid", "email"].map(str::to_owned).to_vec(),
-                    ..proto::IdentityProvider::default()
-                }),
+                identity_provider: Some(corp::registration(idp.issuer(), &["openid", "email"])),
                 expected_revision: None,
             })
             .await
@@ -88,7 +72,7 @@ impl Fixture {
             "control_plane_url": gateway.control_plane.url(),
             "admin_token": gateway.files.admin_token(),
             "public_url": public_url,
-            "identity_provider": IDP_ID,
+            "identity_provider": corp::ID,
             "user": "alice",
         });
         std::fs::write(

@@ -10,7 +10,7 @@ use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::echo_upstream::EchoedRequest;
 use portcullis_tests::gateway::servers::{api_key_in_header, secret, server};
-use portcullis_tests::idp::{IdpAccount, IdpClient, IdpConfig, TestIdp, jwt};
+use portcullis_tests::idp::{IdpAccount, IdpClient, IdpConfig, TestIdp, corp, jwt};
 use portcullis_tests::{EchoUpstream, Gateway, python_mcp_client};
 use serde_json::{Value, json};
 
@@ -723,27 +723,18 @@ async fn under_interactive_sso_the_users_idp_token_is_forwarded_and_exchanged_an
     )
     .await;
     let public_url = format!("http://{}", outbound.gateway.node(0).address());
-    let gateway_client = IdpClient::confidential(
-        "portcullis",
-        "portcullis-idp-secret",
-        &[&format!("{public_url}/oauth/callback")],
-    );
+    let gateway_client = corp::gateway_client(&public_url);
     outbound.idp.upsert_client(&gateway_client).await.unwrap();
     outbound
         .gateway
         .admin
         .put_identity_provider(proto::PutIdentityProviderRequest {
             identity_provider: Some(proto::IdentityProvider {
-                id: "corp".to_owned(),
-                display_name: "Corp SSO".to_owned(),
-                issuer: outbound.idp.issuer().to_owned(),
-                client_id: "portcullis".to_owned(),
-                client_secret: secret("portcullis-idp-secret"),
-                scopes: ["openid", "email", "groups", "search.read"]
-                    .map(str::to_owned)
-                    .to_vec(),
                 token_resource: SEARCH_RESOURCE.to_owned(),
-                ..proto::IdentityProvider::default()
+                ..corp::registration(
+                    outbound.idp.issuer(),
+                    &["openid", "email", "groups", "search.read"],
+                )
             }),
             expected_revision: None,
         })
@@ -753,7 +744,7 @@ async fn under_interactive_sso_the_users_idp_token_is_forwarded_and_exchanged_an
     let interactive = proto::AgentAuth {
         mode: Some(proto::agent_auth::Mode::Interactive(
             proto::InteractiveSso {
-                identity_provider: "corp".to_owned(),
+                identity_provider: corp::ID.to_owned(),
                 scopes: Vec::new(),
             },
         )),
@@ -825,7 +816,7 @@ async fn under_interactive_sso_the_users_idp_token_is_forwarded_and_exchanged_an
         .await
         .unwrap();
     assert_eq!(claims["sub"], "alice", "{claims}");
-    assert_eq!(claims["client_id"], "portcullis", "{claims}");
+    assert_eq!(claims["client_id"], corp::CLIENT_ID, "{claims}");
     // On behalf of: that IdP token exchanged for the downstream audience.
     let exchanged = values(&first, "x-downstream-authorization")[0]
         .strip_prefix("Bearer ")

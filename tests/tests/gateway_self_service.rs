@@ -14,12 +14,12 @@ use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::echo_upstream::EchoedRequest;
 use portcullis_tests::gateway::servers::{secret, server};
-use portcullis_tests::idp::IdpConfig;
+use portcullis_tests::idp::{IdpConfig, corp};
 use portcullis_tests::linking::{gateway_token, link_in};
 use portcullis_tests::{EchoUpstream, paths, scratch_dir};
 use serde_json::{Value, json};
 
-use crate::gateway_linking::{IDP_ID, Linking};
+use crate::gateway_linking::Linking;
 
 const CREDENTIAL: &str = "github-pat";
 const ORG_PAT: &str = "ghp_org_wide_0000";
@@ -119,7 +119,7 @@ async fn users_store_their_own_pat_and_manage_their_links_with_the_cli() {
     tools.agent_auth = Some(proto::AgentAuth {
         mode: Some(proto::agent_auth::Mode::Interactive(
             proto::InteractiveSso {
-                identity_provider: IDP_ID.to_owned(),
+                identity_provider: corp::ID.to_owned(),
                 scopes: Vec::new(),
             },
         )),

@@ -19,18 +19,13 @@ use axum::response::Response;
 use portcullis_proto::v1 as proto;
 use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::gateway::PROPAGATION_TIMEOUT;
-use portcullis_tests::gateway::servers::{passthrough, secret, server};
-use portcullis_tests::idp::{IdpClient, IdpConfig, Pkce, TestIdp, jwt, random_token};
+use portcullis_tests::gateway::servers::{passthrough, server};
+use portcullis_tests::idp::{IdpConfig, Pkce, TestIdp, corp, jwt, random_token};
 use portcullis_tests::node_clients::mcp_remote_client_oauth;
 use portcullis_tests::process::{ChildProcess, pick_free_loopback_port, scratch_dir};
 use portcullis_tests::{EchoUpstream, Gateway, paths, python_mcp_client};
 use serde_json::{Value, json};
 
-/// The identity provider's id in the gateway's catalog.
-const IDP_ID: &str = "corp";
-/// The gateway's client at the identity provider.
-const IDP_CLIENT_ID: &str = "portcullis";
-const IDP_CLIENT_SECRET: &str = "portcullis-idp-secret";
 /// The scope the Interactive server requires.
 const SERVER_SCOPE: &str = "mcp:tools";
 
@@ -189,11 +184,7 @@ impl Sso {
     async fn start(node_count: usize) -> Self {
         let balancer = LoadBalancer::start().await;
         let public_url = balancer.url();
-        let idp_client = IdpClient::confidential(
-            IDP_CLIENT_ID,
-            IDP_CLIENT_SECRET,
-            &[&format!("{public_url}/oauth/callback")],
-        );
+        let idp_client = corp::gateway_client(&public_url);
         let idp = TestIdp::start(IdpConfig::default().client(idp_client))
             .await
             .unwrap();
@@ -214,15 +205,10 @@ impl Sso {
         gateway
             .admin
             .put_identity_provider(proto::PutIdentityProviderRequest {
-                identity_provider: Some(proto::IdentityProvider {
-                    id: IDP_ID.to_owned(),
-                    display_name: "Corp SSO".to_owned(),
-                    issuer: idp.issuer().to_owned(),
-                    client_id: IDP_CLIENT_ID.to_owned(),
-                    client_secret: secret(IDP_CLIENT_SECRET),
-                    scopes: ["openid", "email", "groups"].map(str::to_owned).to_vec(),
-                    ..proto::IdentityProvider::default()
-                }),
+                identity_provider: Some(corp::registration(
+                    idp.issuer(),
+                    &["openid", "email", "groups"],
+                )),
                 expected_revision: None,
             })
             .await
@@ -231,7 +217,7 @@ impl Sso {
         echo.agent_auth = Some(proto::AgentAuth {
             mode: Some(proto::agent_auth::Mode::Interactive(
                 proto::InteractiveSso {
-                    identity_provider: IDP_ID.to_owned(),
+                    identity_provider: corp::ID.to_owned(),
                     scopes: vec![SERVER_SCOPE.to_owned()],
                 },
             )),
@@ -315,7 +301,7 @@ async fn the_python_sdk_signs_alice_and_bob_in_across_two_nodes() {
         assert_eq!(claims["sub"], user, "{claims}");
         assert_eq!(claims["iss"], sso.public_url(), "{claims}");
         assert_eq!(claims["aud"], sso.mcp_url(), "{claims}");
-        assert_eq!(claims["idp"], IDP_ID, "{claims}");
+        assert_eq!(claims["idp"], corp::ID, "{claims}");
         assert_eq!(claims["idp_iss"], sso.idp.issuer(), "{claims}");
         assert_eq!(claims["email"], format!("{user}@example.com"), "{claims}");
         assert_eq!(claims["scope"], SERVER_SCOPE, "{claims}");
@@ -589,7 +575,7 @@ async fn signing_a_user_out_refuses_their_tokens_everywhere_and_leaves_others_al
     sso.gateway
         .admin
         .revoke_user_sessions(proto::RevokeUserSessionsRequest {
-            identity_provider: IDP_ID.to_owned(),
+            identity_provider: corp::ID.to_owned(),
             subject: "alice".to_owned(),
         })
         .await
