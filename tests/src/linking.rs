@@ -29,6 +29,7 @@ struct Pinned {
     client: reqwest::Client,
 }
 
+/// Hop-by-hop headers a proxy must not pass on (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -43,16 +44,34 @@ async fn forward(State(pinned): State<Pinned>, request: Request) -> Response {
     let Some(target) = *pinned.target.lock().unwrap() else {
         return Response::builder().status(503).body(Body::empty()).unwrap();
     };
+    forward_to(&pinned.client, target, request).await
+}
+
+/// Sends `request` on to `target` as a reverse proxy does: the same method, path, query
+/// and end-to-end headers, the body up to 4 MiB (413 beyond), the answer streamed back
+/// without its hop-by-hop headers (502 when `target` cannot be reached).
+pub async fn forward_to(
+    client: &reqwest::Client,
+    target: SocketAddr,
+    request: Request,
+) -> Response {
+    let error = |status: u16, message: String| {
+        Response::builder()
+            .status(status)
+            .body(Body::from(message))
+            .unwrap()
+    };
     let (parts, body) = request.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map(|value| value.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    let body = axum::body::to_bytes(body, 4 * 1024 * 1024).await.unwrap();
-    let mut outgoing = pinned
-        .client
-        .request(parts.method.clone(), format!("http://{target}{path}"));
+    let body = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
+        Ok(body) => body,
+        Err(failure) => return error(413, failure.to_string()),
+    };
+    let mut outgoing = client.request(parts.method.clone(), format!("http://{target}{path}"));
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
             outgoing = outgoing.header(name, value);
@@ -60,12 +79,7 @@ async fn forward(State(pinned): State<Pinned>, request: Request) -> Response {
     }
     let response = match outgoing.body(body).send().await {
         Ok(response) => response,
-        Err(failure) => {
-            return Response::builder()
-                .status(502)
-                .body(Body::from(failure.to_string()))
-                .unwrap();
-        }
+        Err(failure) => return error(502, failure.to_string()),
     };
     let mut builder = Response::builder().status(response.status());
     for (name, value) in response.headers() {

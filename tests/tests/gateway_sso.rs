@@ -21,6 +21,7 @@ use portcullis_tests::browser::HeadlessBrowser;
 use portcullis_tests::gateway::PROPAGATION_TIMEOUT;
 use portcullis_tests::gateway::servers::{passthrough, server};
 use portcullis_tests::idp::{IdpConfig, Pkce, TestIdp, corp, jwt, random_token};
+use portcullis_tests::linking::forward_to;
 use portcullis_tests::node_clients::mcp_remote_client_oauth;
 use portcullis_tests::process::{ChildProcess, pick_free_loopback_port, scratch_dir};
 use portcullis_tests::{EchoUpstream, Gateway, paths, python_mcp_client};
@@ -59,67 +60,22 @@ impl Drop for LoadBalancer {
     }
 }
 
-/// Hop-by-hop headers a proxy must not pass on (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 async fn balance(State(balancer): State<Balancer>, request: Request) -> Response {
     let targets = balancer.targets.lock().unwrap().clone();
-    let error = |status: u16, message: String| {
-        Response::builder()
-            .status(status)
-            .body(Body::from(message))
-            .unwrap()
-    };
     if targets.is_empty() {
-        return error(503, "no nodes yet".to_owned());
+        return Response::builder()
+            .status(503)
+            .body(Body::from("no nodes yet"))
+            .unwrap();
     }
     let node = balancer.next.fetch_add(1, Ordering::SeqCst) % targets.len();
-    let (parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|value| value.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
     balancer.routed.lock().unwrap().push(Routed {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
         node,
     });
-    let body = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
-        Ok(body) => body,
-        Err(failure) => return error(413, failure.to_string()),
-    };
     let client = balancer.client.as_ref().unwrap();
-    let mut outgoing = client.request(
-        parts.method.clone(),
-        format!("http://{}{path_and_query}", targets[node]),
-    );
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    let response = match outgoing.body(body).send().await {
-        Ok(response) => response,
-        Err(failure) => return error(502, failure.to_string()),
-    };
-    let mut builder = Response::builder().status(response.status());
-    for (name, value) in response.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            builder = builder.header(name, value);
-        }
-    }
-    builder
-        .body(Body::from_stream(response.bytes_stream()))
-        .unwrap()
+    forward_to(client, targets[node], request).await
 }
 
 impl LoadBalancer {
